@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="diffusers_hpdm",
+    version="0.1.0",
+    description="Hierarchical Patch Diffusion Models (HPDM, CVPR 2024) for Hugging Face Diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "diffusers>=0.35",
+        "transformers>=4.46",
+        "accelerate>=1.0",
+        "safetensors",
+        "huggingface-hub",
+        "datasets",
+        "imageio",
+        "imageio-ffmpeg",
+        "pytorch_optimizer",
+        "einops",
+        "sentencepiece",
+        "numpy",
+    ],
+    extras_require={"dev": ["pytest", "ruff", "hypothesis"]},
+    entry_points={"console_scripts": ["hpdm=diffusers_hpdm.cli:main"]},
+)
