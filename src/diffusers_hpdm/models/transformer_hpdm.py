@@ -1,0 +1,493 @@
+"""``HPDMTransformer``: an RIN denoiser over a patch pyramid (paper §3.2, §4.2-4.3, appendix C).
+
+Two forwards share every weight:
+
+* **joint** (training): all levels of a nested patch chain at once, ``(B, L, C, f, h, w)``;
+* **level** (inference): the tiles of one level, ``(N, C, f, h, w)``, reading coarser levels from a context cache.
+
+Levels never share latents: context fusion is the only path between levels, which is what makes tiled inference
+possible. The model is the raw network ``F`` of EDM: inputs are already scaled by ``c_in`` and ``timestep`` is
+``c_noise = log(sigma) / 4`` (the scheduler owns the preconditioning).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from einops import rearrange
+from torch import nn
+
+from ..geometry import AXES, check_divisible, context_chain, level_sizes, relative_box, token_coordinates
+from .context import DeepContextFusion, LevelContext, gather_context, sample_boxes
+from .presets import PRESETS
+from .rin import RINBlock
+
+FUSION_MODES = ("deep", "shallow", "none")
+
+
+@dataclass
+class HPDMTransformerOutput(BaseOutput):
+    """
+    Args:
+        sample: the network output ``F`` (v-prediction): ``(B, L, C, f, h, w)`` for the joint forward,
+            ``(N, C, f, h, w)`` for one level's tiles.
+    """
+
+    sample: torch.Tensor
+
+
+class HPDMTransformer(ModelMixin, ConfigMixin):
+    r"""Hierarchical Patch Diffusion transformer (RIN backbone).
+
+    Args:
+        in_channels: pixel channels (3).
+        patch_size: ``(f, h, w)`` resolution of every patch, the same at every level.
+        num_levels: pyramid levels ``L``.
+        level_growth: per axis 1 or 2: how each level's canvas grows over the previous one.
+        tokenizer_patch: voxels per token, e.g. ``(1, 4, 4)``.
+        token_dim: width of the patch tokens (the paper's "tokenization dim").
+        latent_dim: width of the latents.
+        num_latents: latents per level and sample.
+        num_blocks: RIN blocks.
+        num_compute_layers: self-attention layers over the latents in each block.
+        num_heads: attention heads of the latents (tokens use ``num_heads * token_dim // latent_dim``).
+        mlp_ratio: MLP expansion.
+        levels_per_block: adaptive computation (paper §4.3): block ``b`` runs the first ``levels_per_block[b]``
+            levels. Non-decreasing, ending at ``num_levels``. ``None``: every block runs every level.
+        context_fusion: ``"deep"`` (paper), ``"shallow"`` (cascaded-style pixel concat) or ``"none"``.
+        detach_context: stop gradients from finer levels into coarser ones (ablation).
+        use_coordinates: feed per-token global coordinates to the tokenizer and the fusion (ablation: ``False``).
+        qk_norm: normalisation of queries and keys (``"rms_norm"`` keeps LAMB at lr 5e-3 stable), or ``None``.
+        text_embed_dim: width of ``encoder_hidden_states`` (e.g. T5), ``None`` for no text conditioning.
+        num_classes: class-conditional models: number of classes (a null class is added), else ``None``.
+        timestep_freq_dim: sinusoidal features of ``c_noise``.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["RINBlock"]
+    _repeated_blocks = ["RINBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        patch_size: tuple[int, int, int] = (4, 16, 16),
+        num_levels: int = 3,
+        level_growth: tuple[int, int, int] = (2, 2, 2),
+        tokenizer_patch: tuple[int, int, int] = (1, 4, 4),
+        token_dim: int = 64,
+        latent_dim: int = 128,
+        num_latents: int = 32,
+        num_blocks: int = 6,
+        num_compute_layers: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        levels_per_block: list[int] | None = None,
+        context_fusion: str = "deep",
+        detach_context: bool = False,
+        use_coordinates: bool = True,
+        qk_norm: str | None = "rms_norm",
+        text_embed_dim: int | None = None,
+        num_classes: int | None = None,
+        timestep_freq_dim: int = 256,
+    ):
+        super().__init__()
+        level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
+        self.token_grid = check_divisible(patch_size, tokenizer_patch)
+        self.levels_per_block = self._check_levels_per_block(levels_per_block, num_blocks, num_levels)
+        if context_fusion not in FUSION_MODES:
+            raise ValueError(f"`context_fusion` must be one of {FUSION_MODES}, got {context_fusion!r}.")
+        if latent_dim % num_heads:
+            raise ValueError(f"`latent_dim` ({latent_dim}) must be divisible by `num_heads` ({num_heads}).")
+
+        voxels = in_channels * math.prod(tokenizer_patch)
+        pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
+        self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
+        self.latents = nn.Parameter(torch.randn(num_levels, num_latents, latent_dim) * 0.02)
+        self.time_embedding = TimestepEmbedding(timestep_freq_dim, latent_dim)
+        self.box_embedding = nn.Linear(6, latent_dim)
+        self.class_embedding = nn.Embedding(num_classes + 1, latent_dim) if num_classes else None
+        if text_embed_dim:
+            self.text_proj = nn.Linear(text_embed_dim, latent_dim)
+            self.null_text = nn.Parameter(torch.randn(1, latent_dim) * 0.02)
+        else:
+            self.text_proj = None
+        self.blocks = nn.ModuleList(
+            [
+                RINBlock(token_dim, latent_dim, num_heads, num_compute_layers, mlp_ratio, qk_norm)
+                for _ in range(num_blocks)
+            ]
+        )
+        self.fusion = (
+            nn.ModuleList([DeepContextFusion(token_dim) for _ in range(num_blocks)])
+            if context_fusion == "deep"
+            else None
+        )
+        self.norm_out = nn.LayerNorm(token_dim)
+        self.proj_out = nn.Linear(token_dim, voxels)
+        self.gradient_checkpointing = False
+        self._init_weights()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # construction helpers
+    # ----------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_levels_per_block(levels_per_block: list[int] | None, num_blocks: int, num_levels: int) -> list[int]:
+        lpb = list(levels_per_block) if levels_per_block is not None else [num_levels] * num_blocks
+        if (
+            len(lpb) != num_blocks
+            or any(not 1 <= n <= num_levels for n in lpb)
+            or any(a > b for a, b in zip(lpb, lpb[1:]))
+            or lpb[-1] != num_levels
+        ):
+            raise ValueError(
+                f"`levels_per_block` must have {num_blocks} non-decreasing entries in [1, {num_levels}] ending at "
+                f"{num_levels} (e.g. {[min(num_levels, 1 + b * num_levels // num_blocks) for b in range(num_blocks)]}),"
+                f" got {lpb}."
+            )
+        return lpb
+
+    def _init_weights(self) -> None:
+        """Xavier linears; zero output projection (``F = 0`` at init, DiT-style); fusion starts as pass-through."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+        if self.fusion is not None:
+            for f in self.fusion:
+                f.reset_to_passthrough()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> HPDMTransformer:
+        """A model with a named configuration from appendix table 8 (``"hpdm-s"``, ``"hpdm-m"``, ``"hpdm-l"``,
+        ``"hpdm-t2v"``) or a CPU-sized one (``"tiny"``, ``"tiny-t2v"``, ``"tiny-t2v-4"``)."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_base(
+        cls, base: HPDMTransformer, num_levels: int, levels_per_block: list[int] | None = None, **overrides
+    ) -> HPDMTransformer:
+        """An ``num_levels``-level model from a 1-level low-resolution base (paper §5.2, table 8).
+
+        Every weight is copied; each level's latents start from the base's level-0 latents; the fusion projections
+        start as pass-through. Level 0 then computes exactly what the base computed.
+        """
+        config = {k: v for k, v in base.config.items() if not k.startswith("_")}
+        config.update(num_levels=num_levels, levels_per_block=levels_per_block, **overrides)
+        model = cls(**config)
+        state = base.state_dict()
+        state["latents"] = base.latents.detach()[:1].repeat(num_levels, 1, 1)
+        state = {k: v for k, v in state.items() if not k.startswith("fusion.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("fusion.") for k in missing):
+            raise ValueError(f"Base and target configs are incompatible: missing={missing}, unexpected={unexpected}.")
+        if model.fusion is not None:
+            for f in model.fusion:
+                f.reset_to_passthrough()
+        return model.to(base.device, base.dtype)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # shared pieces
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _tokenize(self, x: torch.Tensor, coords: torch.Tensor, ctx_pixels: torch.Tensor | None) -> torch.Tensor:
+        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)`` -> tokens ``(N, T, D_tok)``."""
+        pf, ph, pw = self.config.tokenizer_patch
+        pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
+        parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
+        if self.config.context_fusion == "shallow":
+            ctx = torch.zeros_like(x) if ctx_pixels is None else ctx_pixels
+            parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
+        parts.append(coords)
+        return self.tokenizer(torch.cat(parts, dim=-1))
+
+    def _detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
+        pf, ph, pw = self.config.tokenizer_patch
+        f, h, w = self.token_grid
+        out = self.proj_out(self.norm_out(tokens))  # (N, T, C * pf * ph * pw)
+        return rearrange(out, "n (f h w) (c pf ph pw) -> n c (f pf) (h ph) (w pw)", f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
+
+    def _coords(self, boxes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per-token global coordinates ``(N, T, 3)`` (zeros when ``use_coordinates=False``)."""
+        c = rearrange(token_coordinates(boxes.float(), self.token_grid), "n c f h w -> n (f h w) c").to(dtype)
+        return c if self.config.use_coordinates else torch.zeros_like(c)
+
+    def _conditioning(
+        self,
+        timestep: torch.Tensor,
+        boxes: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+        class_labels: torch.Tensor | None,
+        drop_conditioning: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Noise-level embedding ``(N, D)`` and conditioning tokens ``(N, S, D)`` with their key bias.
+
+        The noise level enters twice: added to the initial latents and as a conditioning token (with the box), so
+        that every latent knows it from the first read, as in RIN's latent-token conditioning.
+        """
+        n = timestep.shape[0]
+        freq = get_timestep_embedding(timestep.flatten().float(), self.config.timestep_freq_dim, True, 0, 1000.0)
+        t_emb = self.time_embedding(freq.to(dtype))  # (N, D)
+        tokens = [(t_emb + self.box_embedding(boxes.to(dtype)))[:, None]]
+        keep = [torch.ones(n, 1, dtype=torch.bool, device=timestep.device)]
+        drop = drop_conditioning if drop_conditioning is not None else torch.zeros(n, dtype=torch.bool)
+        drop = drop.to(timestep.device).bool()
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("This model is class-conditional: pass `class_labels` (or drop them for CFG).")
+            labels = torch.where(drop, self.config.num_classes, class_labels.to(timestep.device).long())
+            tokens.append(self.class_embedding(labels)[:, None])
+            keep.append(keep[0])
+        elif class_labels is not None:
+            raise ValueError("`class_labels` were given but the model has no class conditioning (num_classes=None).")
+        if self.text_proj is not None:
+            if encoder_hidden_states is None:
+                text = self.null_text.expand(n, 1, -1).to(dtype)
+                mask = keep[0]
+            else:
+                text = self.text_proj(encoder_hidden_states.to(dtype))  # (N, S_txt, D)
+                mask = (
+                    encoder_attention_mask.to(timestep.device).bool()
+                    if encoder_attention_mask is not None
+                    else torch.ones(text.shape[:2], dtype=torch.bool, device=timestep.device)
+                )
+                null = torch.zeros_like(text)
+                null[:, 0] = self.null_text.to(dtype)
+                null_mask = torch.zeros_like(mask)
+                null_mask[:, 0] = True
+                text = torch.where(drop[:, None, None], null, text)
+                mask = torch.where(drop[:, None], null_mask, mask)
+            tokens.append(text)
+            keep.append(mask)
+        elif encoder_hidden_states is not None:
+            raise ValueError("`encoder_hidden_states` were given but the model has no text conditioning.")
+        cond = torch.cat(tokens, dim=1)
+        keep_all = torch.cat(keep, dim=1)
+        bias = None
+        if not bool(keep_all.all()):
+            m = self.config.num_latents
+            keys = torch.cat([torch.ones(n, m, dtype=torch.bool, device=keep_all.device), keep_all], dim=1)
+            bias = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(~keys, float("-inf"))
+            bias = bias[:, None, :]  # (N, 1, M + S)
+        return t_emb, cond, bias
+
+    def _run_block(self, b: int, x, z, cond, bias):
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(self.blocks[b], x, z, cond, bias)
+        return self.blocks[b](x, z, cond, bias)
+
+    def _project(self, b: int, a: torch.Tensor) -> torch.Tensor:
+        a = a.detach() if self.config.detach_context else a
+        return self.fusion[b].project_context(a)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # forwards
+    # ----------------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        boxes: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        drop_conditioning: torch.Tensor | None = None,
+        level: int | None = None,
+        context: list[LevelContext] | None = None,
+        context_indices: list[torch.Tensor] | None = None,
+        return_dict: bool = True,
+    ) -> HPDMTransformerOutput | tuple[torch.Tensor]:
+        r"""
+        Args:
+            hidden_states: ``c_in``-scaled noisy patches. Joint: ``(B, L', C, f, h, w)`` for the first ``L'`` levels
+                of nested chains. Level: ``(N, C, f, h, w)`` tiles of ``level``.
+            timestep: ``c_noise`` per patch, ``(B, L')`` or ``(N,)``.
+            boxes: global boxes, ``(B, L', 6)`` or ``(N, 6)``.
+            encoder_hidden_states: text embeddings ``(B or N, S, E)``; ``encoder_attention_mask`` ``(B or N, S)``.
+            class_labels: ``(B or N,)``.
+            drop_conditioning: bool ``(B or N,)``: use the learned null text/class (classifier-free guidance).
+            level: level of the tiles (level forward only).
+            context: level forward at ``level > 0``: the ``LevelContext`` of every coarser level (deep/shallow
+                fusion); see ``compute_context``.
+            context_indices: per coarser level, ``(N,)`` index of the cached tile each tile reads; default: the
+                nested chain of most-centred containers (``geometry.context_chain``).
+        """
+        if hidden_states.ndim == 6:
+            out = self._forward_joint(
+                hidden_states, timestep, boxes, encoder_hidden_states, encoder_attention_mask, class_labels,
+                drop_conditioning,
+            )  # fmt: skip
+        elif hidden_states.ndim == 5:
+            out, _ = self._forward_level(
+                hidden_states, timestep, boxes, encoder_hidden_states, encoder_attention_mask, class_labels,
+                drop_conditioning, level, context, context_indices, record=False,
+            )  # fmt: skip
+        else:
+            raise ValueError(
+                "`hidden_states` must be (B, L, C, f, h, w) for the joint forward or (N, C, f, h, w) for one level's"
+                f" tiles, got shape {tuple(hidden_states.shape)}."
+            )
+        return HPDMTransformerOutput(sample=out) if return_dict else (out,)
+
+    def _forward_joint(self, x, timestep, boxes, ehs, ehs_mask, class_labels, drop) -> torch.Tensor:
+        B, L = x.shape[:2]
+        if L > self.config.num_levels or tuple(x.shape[3:]) != tuple(self.config.patch_size):
+            raise ValueError(
+                f"Joint input must be (B, L<={self.config.num_levels}, C, {tuple(self.config.patch_size)}), "
+                f"got {tuple(x.shape)}."
+            )
+        if timestep.shape != (B, L) or boxes.shape != (B, L, 6):
+            raise ValueError(f"Expected timestep (B, L)=({B}, {L}) and boxes ({B}, {L}, 6).")
+        dtype = x.dtype
+        rep = lambda t: None if t is None else t.repeat_interleave(L, dim=0)  # noqa: E731  (B, ...) -> (B*L, ...)
+        flat_boxes = boxes.reshape(B * L, 6)
+        coords = self._coords(flat_boxes, dtype)  # (B*L, T, 3)
+        ctx_pixels = None
+        if self.config.context_fusion == "shallow":
+            ctx_pixels = self._shallow_context_joint(x, boxes).flatten(0, 1)
+        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels).unflatten(0, (B, L))  # (B, L, T, Dt)
+        t_emb, cond, bias = self._conditioning(
+            timestep.reshape(-1), flat_boxes, rep(ehs), rep(ehs_mask), rep(class_labels), rep(drop), dtype
+        )
+        z = (self.latents[:L].unsqueeze(0) + t_emb.unflatten(0, (B, L))[:, :, None]).to(dtype)  # (B, L, M, Dl)
+        cond, bias = cond.unflatten(0, (B, L)), None if bias is None else bias.unflatten(0, (B, L))
+        coords = coords.unflatten(0, (B, L))
+        rel = {
+            (l, k): relative_box(boxes[:, l], boxes[:, k]) for l in range(1, L) for k in range(l)
+        }  # (B, 6) each, eq. 8
+        for b in range(self.config.num_blocks):
+            n = min(self.levels_per_block[b], L)
+            if self.fusion is not None and n > 1:
+                proj = [self._project(b, tokens[:, k]) for k in range(n - 1)]  # W_c a_k, (B, T, Dt)
+                fused = [tokens[:, 0]]
+                for l in range(1, n):
+                    ctx = sum(sample_boxes(proj[k], rel[(l, k)], self.token_grid) for k in range(l)) / l  # eq. 7
+                    fused.append(self.fusion[b](tokens[:, l], ctx, coords[:, l]))  # eq. 9
+                tokens = torch.cat([torch.stack(fused, dim=1), tokens[:, n:]], dim=1)
+            xb, zb = self._run_block(
+                b,
+                tokens[:, :n].flatten(0, 1),
+                z[:, :n].flatten(0, 1),
+                cond[:, :n].flatten(0, 1),
+                None if bias is None else bias[:, :n].flatten(0, 1),
+            )
+            tokens = torch.cat([xb.unflatten(0, (B, n)), tokens[:, n:]], dim=1)
+            z = torch.cat([zb.unflatten(0, (B, n)), z[:, n:]], dim=1)
+        return self._detokenize(tokens.flatten(0, 1)).unflatten(0, (B, L))
+
+    def _shallow_context_joint(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Cascaded-style context (ablation): mean of the coarser patches' pixels resampled at each level's box."""
+        B, L = x.shape[:2]
+        out = [torch.zeros_like(x[:, 0])]
+        for l in range(1, L):
+            acc = 0
+            for k in range(l):
+                acc = acc + self._sample_pixels(x[:, k], relative_box(boxes[:, l], boxes[:, k]))
+            out.append(acc / l)
+        return torch.stack(out, dim=1)
+
+    def _sample_pixels(self, pixels: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        n, c = pixels.shape[:2]
+        flat = rearrange(pixels, "n c f h w -> n (f h w) c")
+        out = sample_boxes(flat, rel, tuple(self.config.patch_size))
+        return rearrange(out, "n (f h w) c -> n c f h w", f=self.config.patch_size[0], h=self.config.patch_size[1])
+
+    def _forward_level(
+        self, x, timestep, boxes, ehs, ehs_mask, class_labels, drop, level, context, context_indices, record
+    ) -> tuple[torch.Tensor | None, LevelContext | None]:
+        if level is None or not 0 <= level < self.config.num_levels:
+            raise ValueError(f"Pass `level` in [0, {self.config.num_levels - 1}] with (N, C, f, h, w) tiles.")
+        N = x.shape[0]
+        if tuple(x.shape[2:]) != tuple(self.config.patch_size) or boxes.shape != (N, 6) or timestep.shape != (N,):
+            raise ValueError(
+                f"Level forward expects tiles (N, C, {tuple(self.config.patch_size)}), timestep (N,) and boxes "
+                f"(N, 6); got {tuple(x.shape)}, {tuple(timestep.shape)}, {tuple(boxes.shape)}."
+            )
+        fusion = self.config.context_fusion
+        needs_context = level > 0 and fusion != "none"
+        if needs_context:
+            if context is None or len(context) < level:
+                raise ValueError(f"Level {level} needs the `context` of levels 0..{level - 1} (see compute_context).")
+            context = context[:level]
+            if context_indices is None:
+                context_indices = context_chain([c.boxes for c in context] + [boxes.to(context[0].boxes.device)], level)
+        dtype = x.dtype
+        coords = self._coords(boxes, dtype)
+        ctx_pixels = None
+        if needs_context and fusion == "shallow":
+            ctx_pixels = 0
+            for c, idx in zip(context, context_indices):
+                idx = idx.to(c.pixels.device)
+                src = c.pixels[idx].to(x.device, dtype)
+                ctx_pixels = ctx_pixels + self._sample_pixels(src, relative_box(boxes, c.boxes[idx].to(x.device)))
+            ctx_pixels = ctx_pixels / level
+        tokens = self._tokenize(x, coords, ctx_pixels)
+        t_emb, cond, bias = self._conditioning(timestep, boxes, ehs, ehs_mask, class_labels, drop, dtype)
+        z = (self.latents[level].unsqueeze(0) + t_emb[:, None]).to(dtype)
+        features: list[torch.Tensor | None] = [None] * self.config.num_blocks
+        for b in range(self.config.num_blocks):
+            if self.levels_per_block[b] <= level:
+                continue
+            if self.fusion is not None:
+                if record and self.levels_per_block[b] > level + 1:
+                    features[b] = self.fusion[b].project_context(tokens)  # what finer levels read
+                    if b == self.config.num_blocks - 1:
+                        break  # the last block's output is never read by anyone
+                if needs_context:
+                    ctx = gather_context(context, boxes, context_indices, b, self.token_grid, x.device, dtype)
+                    tokens = self.fusion[b](tokens, ctx, coords)
+            tokens, z = self._run_block(b, tokens, z, cond, bias)
+        if record:
+            pixels = x if fusion == "shallow" else None
+            return None, LevelContext(level, boxes.detach(), features, pixels)
+        return self._detokenize(tokens), None
+
+    @torch.no_grad()
+    def compute_context(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        boxes: torch.Tensor,
+        level: int,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        drop_conditioning: torch.Tensor | None = None,
+        context: list[LevelContext] | None = None,
+        context_indices: list[torch.Tensor] | None = None,
+    ) -> LevelContext:
+        """The context a finished level leaves for finer ones: one pass over its tiles (same inputs as the level
+        forward) that records, per block, the projected input activations the finer levels will read. Blocks that
+        no finer level runs are skipped, and the output head is not evaluated."""
+        _, ctx = self._forward_level(
+            hidden_states, timestep, boxes, encoder_hidden_states, encoder_attention_mask, class_labels,
+            drop_conditioning, level, context, context_indices, record=True,
+        )  # fmt: skip
+        return ctx
+
+    def block_levels(self) -> dict[int, list[int]]:
+        """For each level, the blocks it runs through (adaptive computation)."""
+        return {l: [b for b, n in enumerate(self.levels_per_block) if n > l] for l in range(self.config.num_levels)}
+
+    @property
+    def level_sizes(self) -> list[tuple[int, int, int]]:
+        """Canvas ``(F, H, W)`` of every level; the last one is the model's native video size."""
+        return level_sizes(self.config.patch_size, self.config.num_levels, self.config.level_growth)
+
+
+__all__ = ["HPDMTransformer", "HPDMTransformerOutput", "FUSION_MODES", "AXES"]
