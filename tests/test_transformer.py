@@ -1,0 +1,251 @@
+import json
+
+import pytest
+import torch
+from conftest import randomize_
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffusers_hpdm import geometry as G
+from diffusers_hpdm.models import HPDMTransformer
+
+TINY = dict(
+    patch_size=(4, 8, 8),
+    num_levels=3,
+    tokenizer_patch=(1, 2, 2),
+    token_dim=32,
+    latent_dim=32,
+    num_latents=8,
+    num_blocks=6,
+    num_compute_layers=1,
+    num_heads=2,
+    levels_per_block=[1, 1, 2, 2, 3, 3],
+)
+
+
+def make(**kw) -> HPDMTransformer:
+    torch.manual_seed(0)
+    return randomize_(HPDMTransformer(**{**TINY, **kw})).eval()
+
+
+def cond_kwargs(model, n, g):
+    kw = {}
+    if model.config.text_embed_dim:
+        kw["encoder_hidden_states"] = torch.randn(n, 5, model.config.text_embed_dim, generator=g)
+        mask = torch.ones(n, 5, dtype=torch.bool)
+        mask[:, 3:] = False
+        kw["encoder_attention_mask"] = mask
+    if model.config.num_classes:
+        kw["class_labels"] = torch.randint(0, model.config.num_classes, (n,), generator=g)
+    return kw
+
+
+def select(kw, idx):
+    return {k: v[idx] for k, v in kw.items()}
+
+
+def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
+    """Tile every level as inference does, build the context cache level by level, and compare each finest tile's
+    cached output with the joint forward on the nested chain (full box, its coarse container, itself)."""
+    g = torch.Generator().manual_seed(1)
+    cfg = model.config
+    sizes = G.level_sizes(cfg.patch_size, cfg.num_levels, cfg.level_growth)
+    plans = [G.tile_plan(s, cfg.patch_size, overlap) for s in sizes]
+    boxes = [p.boxes() for p in plans]
+    x = [torch.randn(len(p), cfg.in_channels, *cfg.patch_size, generator=g) for p in plans]
+    t = [torch.randn(len(p), generator=g) for p in plans]
+    cond = cond_kwargs(model, 1, g)
+    expand = lambda n: {k: v.expand(n, *v.shape[1:]) for k, v in cond.items()}  # noqa: E731
+    cache, outs = [], []
+    with torch.no_grad():
+        for lvl in range(cfg.num_levels):
+            n = len(plans[lvl])
+            kw = dict(level=lvl, context=cache, **expand(n))
+            outs.append(model(x[lvl], t[lvl], boxes[lvl], **kw).sample)
+            if lvl < cfg.num_levels - 1:
+                cache.append(model.compute_context(x[lvl], t[lvl], boxes[lvl], **kw))
+        finest = cfg.num_levels - 1
+        chain = G.context_chain(boxes, finest)
+        worst = 0.0
+        for j in range(len(plans[finest])):
+            idx = [c[j] for c in chain] + [torch.tensor(j)]
+            xs = torch.stack([x[k][idx[k]] for k in range(cfg.num_levels)])[None]
+            ts = torch.stack([t[k][idx[k]] for k in range(cfg.num_levels)])[None]
+            bs = torch.stack([boxes[k][idx[k]] for k in range(cfg.num_levels)])[None]
+            joint = model(xs, ts, bs, **cond).sample[0, finest]
+            worst = max(worst, (joint - outs[finest][j]).abs().max().item())
+    return worst
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(text_embed_dim=16),
+        dict(num_classes=5),
+        dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
+        dict(patch_size=(4, 12, 16), level_growth=(1, 2, 2), tokenizer_patch=(1, 3, 4), num_classes=3),
+    ],
+    ids=["text", "class", "shallow", "nonsquare-growth122"],
+)
+def test_cached_level_forward_equals_joint_forward(kw):
+    assert run_tiled_vs_joint(make(**kw)) <= 1e-5
+
+
+def test_joint_forward_accepts_level_prefix_and_random_nested_boxes():
+    model = make(text_embed_dim=16)
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
+    cond = cond_kwargs(model, 2, g)
+    with torch.no_grad():
+        full = model(x, t, boxes, **cond).sample
+        prefix = model(x[:, :2], t[:, :2], boxes[:, :2], **cond).sample
+        cache = [model.compute_context(x[:, 0], t[:, 0], boxes[:, 0], level=0, **cond)]
+        lvl1 = model(x[:, 1], t[:, 1], boxes[:, 1], level=1, context=cache, context_indices=[torch.arange(2)], **cond)
+    assert full.shape == x.shape
+    # Coarse levels never see finer ones: running only a prefix of the pyramid leaves them unchanged.
+    torch.testing.assert_close(prefix, full[:, :2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(lvl1.sample, full[:, 1], atol=1e-5, rtol=0)
+
+
+def test_adaptive_computation_block_counts_and_flops():
+    model = make()
+    calls = {b: [] for b in range(6)}
+    for b, blk in enumerate(model.blocks):
+        blk.register_forward_hook(lambda m, a, o, b=b: calls[b].append(a[0].shape[0]))
+    B = 2
+    boxes = G.sample_nested_boxes(B, TINY["patch_size"], 3, generator=torch.Generator().manual_seed(0))
+    x, t = torch.randn(B, 3, 3, *TINY["patch_size"]), torch.randn(B, 3)
+    with torch.no_grad():
+        model(x, t, boxes)
+    # Block b processes levels [0, levels_per_block[b]) for every sample.
+    assert [c[0] for c in calls.values()] == [B * n for n in TINY["levels_per_block"]]
+    assert model.block_levels() == {0: [0, 1, 2, 3, 4, 5], 1: [2, 3, 4, 5], 2: [4, 5]}
+
+    def flops(m):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(x, t, boxes)
+        return fc.get_total_flops()
+
+    uniform = make(levels_per_block=[3] * 6)
+    ratio = flops(model) / flops(uniform)
+    assert abs(ratio / (12 / 18) - 1) < 0.05, ratio
+
+
+@pytest.mark.parametrize("fusion,detach,expect_grad", [("deep", False, True), ("deep", True, False), ("none", False, False), ("shallow", False, True)])
+def test_context_gradient_flows_from_fine_loss_to_coarse_input(fusion, detach, expect_grad):
+    model = make(context_fusion=fusion, detach_context=detach).train()
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 3, *TINY["patch_size"], requires_grad=True)
+    out = model(x, torch.randn(2, 3), boxes).sample
+    out[:, 2].pow(2).sum().backward()
+    g0 = x.grad[:, 0].abs().max().item()
+    assert (g0 > 0) == expect_grad, g0
+    if not expect_grad:
+        assert g0 == 0.0
+
+
+def test_expanded_base_reproduces_level0_bit_exactly():
+    torch.manual_seed(0)
+    base = randomize_(HPDMTransformer(**{**TINY, "num_levels": 1, "levels_per_block": None, "text_embed_dim": 16}))
+    big = HPDMTransformer.from_base(base, num_levels=3, levels_per_block=[1, 1, 2, 2, 3, 3]).eval()
+    base.eval()
+    g = torch.Generator().manual_seed(0)
+    x, t, boxes = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g), None
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    cond = cond_kwargs(big, 2, g)
+    with torch.no_grad():
+        ref = base(x[:, :1], t[:, :1], boxes[:, :1], **cond).sample
+        assert torch.equal(big(x[:, :1], t[:, :1], boxes[:, :1], **cond).sample, ref)
+        assert torch.equal(big(x[:, 0], t[:, 0], boxes[:, 0], level=0, **cond).sample, base(x[:, 0], t[:, 0], boxes[:, 0], level=0, **cond).sample)
+        torch.testing.assert_close(big(x, t, boxes, **cond).sample[:, :1], ref, atol=1e-6, rtol=0)
+    # New levels start as a pass-through of their own activations.
+    for f in big.fusion:
+        d = f.dim
+        assert torch.equal(f.proj.weight[:, :d], torch.eye(d)) and not f.proj.weight[:, d:].any()
+
+
+def test_save_load_round_trip_is_bit_exact_and_safetensors_only(tmp_path):
+    model = make(text_embed_dim=16, num_classes=4)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert json.loads((tmp_path / "config.json").read_text())["levels_per_block"] == [1, 1, 2, 2, 3, 3]
+    loaded = HPDMTransformer.from_pretrained(tmp_path).eval()
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(1, TINY["patch_size"], 3, generator=g)
+    x, t = torch.randn(1, 3, 3, *TINY["patch_size"], generator=g), torch.randn(1, 3, generator=g)
+    cond = cond_kwargs(model, 1, g)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, boxes, **cond).sample, loaded(x, t, boxes, **cond).sample)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=torch.Generator().manual_seed(0))
+    x, t = torch.randn(2, 3, 3, *TINY["patch_size"]), torch.randn(2, 3)
+    grads = []
+    for ckpt in (False, True):
+        model = make().train()
+        if ckpt:
+            model.enable_gradient_checkpointing()
+        model(x, t, boxes).sample.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_conditioning_null_and_masking():
+    model = make(text_embed_dim=16, num_classes=4)
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
+    cond = cond_kwargs(model, 2, g)
+    with torch.no_grad():
+        a = model(x, t, boxes, **cond).sample
+        # Padded text tokens are invisible: changing them changes nothing.
+        cond2 = dict(cond, encoder_hidden_states=cond["encoder_hidden_states"].clone())
+        cond2["encoder_hidden_states"][:, 3:] += 10
+        assert torch.allclose(model(x, t, boxes, **cond2).sample, a, atol=1e-6)
+        # Dropping the conditioning makes the output independent of the prompt and label.
+        drop = torch.ones(2, dtype=torch.bool)
+        d1 = model(x, t, boxes, drop_conditioning=drop, **cond).sample
+        d2 = model(x, t, boxes, drop_conditioning=drop, **cond2 | {"class_labels": cond["class_labels"].flip(0)}).sample
+        torch.testing.assert_close(d1, d2, atol=1e-6, rtol=0)
+        assert not torch.allclose(d1, a, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(levels_per_block=[1, 2, 1, 2, 3, 3]), "non-decreasing"),
+        (dict(levels_per_block=[1, 1, 2, 2, 2, 2]), "ending at 3"),
+        (dict(context_fusion="pixel"), "context_fusion"),
+        (dict(patch_size=(4, 9, 8)), "not divisible"),
+        (dict(level_growth=(3, 2, 2)), "level_growth"),
+    ],
+)
+def test_bad_configs_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        HPDMTransformer(**{**TINY, **kw})
+
+
+def test_bad_inputs_raise():
+    model = make(num_classes=4)
+    with pytest.raises(ValueError, match="class_labels"):
+        model(torch.randn(1, 3, 3, *TINY["patch_size"]), torch.randn(1, 3), torch.rand(1, 3, 6))
+    with pytest.raises(ValueError, match="context"):
+        model(torch.randn(2, 3, *TINY["patch_size"]), torch.randn(2), torch.rand(2, 6), level=1, class_labels=torch.zeros(2))
+
+
+@pytest.mark.parametrize("name", ["hpdm-s", "hpdm-t2v", "tiny", "tiny-t2v", "tiny-t2v-4"])
+def test_presets_build_with_table8_geometry(name):
+    if name.startswith("hpdm"):
+        with torch.device("meta"):
+            model = HPDMTransformer.from_preset(name)
+    else:
+        model = HPDMTransformer.from_preset(name)
+    expected_final = {"hpdm-s": (64, 256, 256), "hpdm-t2v": (64, 288, 512), "tiny": (16, 64, 64), "tiny-t2v": (16, 64, 64), "tiny-t2v-4": (64, 288, 512)}
+    assert model.level_sizes[-1] == expected_final[name]
+    if name == "hpdm-s":
+        # Appendix table 8 lists 178M parameters for HPDM-S; our block layout lands in the same range.
+        n = sum(p.numel() for p in model.parameters())
+        assert 0.5e8 < n < 4e8, n
