@@ -1,0 +1,384 @@
+"""``HierarchicalPatchPipeline``: coarse-to-fine tiled sampling with a cached context (paper §4.4-4.5, DESIGN §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..geometry import AXES, context_chain
+from ..models import HPDMTransformer, LevelContext
+from ..schedulers import HPDMScheduler
+from .inputs import check_inputs
+from .pipeline_output import HPDMPipelineOutput
+from .tiling import TiledCanvas
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import export_to_video
+        >>> from diffusers_hpdm import HierarchicalPatchPipeline
+
+        >>> pipe = HierarchicalPatchPipeline.from_pretrained("models/hpdm-shapes-demo")
+        >>> out = pipe("a red circle moving right slowly on a gray background", num_inference_steps=16,
+        ...            generator=torch.Generator().manual_seed(0), return_levels=True)
+        >>> export_to_video(list(out.frames[0]), "circle.mp4", fps=8)
+        ```
+"""
+
+
+@dataclass
+class _Streams:
+    """Everything per transformer "stream": each video once, and once more unconditioned under CFG."""
+
+    video: torch.Tensor  # (S,) index of the video a stream belongs to
+    embeds: torch.Tensor | None  # (S, L_txt, E)
+    mask: torch.Tensor | None  # (S, L_txt)
+    labels: torch.Tensor | None  # (S,)
+    drop: torch.Tensor  # (S,) bool: use the learned null conditioning
+
+    def take(self, idx: torch.Tensor) -> dict:
+        kw = {"drop_conditioning": self.drop[idx]}
+        if self.embeds is not None:
+            kw["encoder_hidden_states"] = self.embeds[idx]
+            kw["encoder_attention_mask"] = self.mask[idx] if self.mask is not None else None
+        if self.labels is not None:
+            kw["class_labels"] = self.labels[idx]
+        return kw
+
+
+class HierarchicalPatchPipeline(DiffusionPipeline):
+    r"""Text- or class-to-video generation with a Hierarchical Patch Diffusion Model.
+
+    Level 0 is sampled as one patch. Every later level is tiled with patch-sized windows (50% overlap on
+    ``overlap_axes``); at each step all tiles are denoised in batches, their estimates are fused into the canvas and
+    the scheduler takes one step on the whole canvas. When a level is finished, one context pass over its tiles (at
+    a small ``context_sigma``) fills a cache that every finer tile reads through deep context fusion.
+
+    Args:
+        transformer: the ``HPDMTransformer``.
+        scheduler: an ``HPDMScheduler``.
+        text_encoder: any ``transformers`` encoder returning ``last_hidden_state`` (T5 in production).
+        tokenizer: its tokenizer.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer"
+    _optional_components = ["text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        transformer: HPDMTransformer,
+        scheduler: HPDMScheduler,
+        text_encoder: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.video_processor = VideoProcessor(do_resize=False)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale != 1.0
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = 16,
+        device: torch.device | None = None,
+    ):
+        """Text embeddings ``(B * num_videos_per_prompt, S, E)`` and masks; negatives are ``None`` when no negative
+        prompt is given (the model's learned null conditioning is then the unconditional branch)."""
+        device = device or self._execution_device
+
+        def encode(text):
+            text = [text] if isinstance(text, str) else list(text)
+            ids = self.tokenizer(
+                text, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
+            )
+            mask = ids.attention_mask.to(device)
+            embeds = self.text_encoder(ids.input_ids.to(device), attention_mask=mask).last_hidden_state
+            return embeds, mask.bool()
+
+        if prompt_embeds is None:
+            prompt_embeds, prompt_attention_mask = encode(prompt)
+        if prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.bool, device=prompt_embeds.device)
+        if do_classifier_free_guidance and negative_prompt_embeds is None and negative_prompt is not None:
+            if isinstance(negative_prompt, str):
+                negative_prompt = [negative_prompt] * prompt_embeds.shape[0]
+            negative_prompt_embeds, negative_prompt_attention_mask = encode(negative_prompt)
+        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
+            negative_prompt_attention_mask = torch.ones(negative_prompt_embeds.shape[:2], dtype=torch.bool)
+        rep = lambda t: None if t is None else t.repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
+        return rep(prompt_embeds), rep(prompt_attention_mask), rep(negative_prompt_embeds), rep(negative_prompt_attention_mask)
+
+    def _streams(self, embeds, mask, neg_embeds, neg_mask, labels, num_videos, device) -> _Streams:
+        videos = torch.arange(num_videos, device=device)
+        drop = torch.zeros(num_videos, dtype=torch.bool, device=device)
+        streams = _Streams(videos, embeds, mask, labels, drop)
+        if not self.do_classifier_free_guidance:
+            return streams
+        uncond_drop = torch.full_like(drop, neg_embeds is None)
+        cat = lambda a, b: None if a is None else torch.cat([a, a if b is None else b])  # noqa: E731
+        if embeds is not None and neg_embeds is not None and neg_embeds.shape[1] != embeds.shape[1]:
+            raise ValueError("`negative_prompt_embeds` must have the same sequence length as `prompt_embeds`.")
+        return _Streams(
+            torch.cat([videos, videos]),
+            cat(embeds, neg_embeds),
+            cat(mask, neg_mask),
+            cat(labels, None),
+            torch.cat([drop, uncond_drop]),
+        )
+
+    def prepare_latents(self, shape, sigma, dtype, device, generator) -> torch.Tensor:
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype) * sigma
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _denoise_canvas(self, canvas, sigma, level, tiler, streams, chain, context, ctx_inputs, tile_batch_size):
+        """Fused denoised estimate ``(B, C, F, H, W)`` of the whole canvas at ``sigma``: every tile, batched."""
+        B, n_tiles, S = canvas.shape[0], len(tiler), len(streams.video)
+        c_skip, c_out, c_in, c_noise = (torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma))
+        acc = tiler.new_accumulator(canvas)
+        boxes = tiler.boxes().to(canvas.device)
+        items = [(v, j) for v in range(B) for j in range(n_tiles)]
+        for start in range(0, len(items), tile_batch_size):
+            batch = items[start : start + tile_batch_size]
+            vids, tiles = [v for v, _ in batch], [j for _, j in batch]
+            x = tiler.extract(canvas, vids, tiles)  # (n, C, f, h, w)
+            # Every stream of these videos: conditional first, then unconditional (CFG) in one call.
+            stream_ids = torch.tensor(vids)  # stream v is video v's conditional pass, stream B + v its CFG pass
+            if S > B:
+                stream_ids = torch.cat([stream_ids, stream_ids + B])
+            reps = len(stream_ids) // len(batch)
+            tile_ids = torch.tensor(tiles * reps)
+            x_in = (c_in * x).repeat(reps, 1, 1, 1, 1)
+            t = c_noise.expand(len(tile_ids)).to(canvas.device)
+            kw = streams.take(stream_ids)
+            if context is None and level > 0:  # reference path: recompute the coarse chain at every step
+                out = self._joint_chain(x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw)
+            else:
+                idx = None
+                if level > 0:
+                    idx = [chain[k][tile_ids] + stream_ids * context[k].boxes.shape[0] // S for k in range(level)]
+                out = self.transformer(
+                    x_in, t, boxes[tile_ids], level=level, context=context, context_indices=idx, **kw
+                ).sample
+            denoised = c_skip * x.repeat(reps, 1, 1, 1, 1) + c_out * out.to(x.dtype)
+            if reps == 2:
+                d_cond, d_uncond = denoised.chunk(2)
+                denoised = d_uncond + self.guidance_scale * (d_cond - d_uncond)
+            tiler.accumulate(acc, denoised, vids, tiles)
+        return tiler.normalize(acc)
+
+    def _joint_chain(self, x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw):
+        """``cache_context=False``: the joint forward on (coarse chain ..., tile), recomputing the coarse levels."""
+        xs, ts, bs = [], [], []
+        for k in range(level):
+            sel = chain[k][tile_ids]
+            inputs, sig_t, kboxes = ctx_inputs[k]
+            xs.append(inputs[stream_ids, sel])
+            ts.append(sig_t.expand(len(sel)))
+            bs.append(kboxes[sel])
+        xs.append(x_in), ts.append(t), bs.append(boxes[tile_ids])
+        out = self.transformer(torch.stack(xs, 1), torch.stack(ts, 1), torch.stack(bs, 1), **kw).sample
+        return out[:, -1]
+
+    def _context_inputs(self, canvas, level, tiler, streams, context_sigma, generator):
+        """Re-noise the finished canvas to this level's context sigma (the fine levels were trained on noisy coarse
+        context) -> scaled tile inputs ``(S, n_tiles, C, f, h, w)``, their ``c_noise`` and the tile boxes."""
+        B, n_tiles = canvas.shape[0], len(tiler)
+        sigma = context_sigma * self.scheduler.noise_shift**level
+        noisy = canvas + sigma * randn_tensor(canvas.shape, generator=generator, device=canvas.device, dtype=canvas.dtype)
+        _, _, c_in, c_noise = (torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma))
+        all_tiles = c_in * torch.stack([tiler.extract(noisy, [v] * n_tiles, range(n_tiles)) for v in range(B)])
+        return all_tiles[streams.video], c_noise.to(canvas.device), tiler.boxes().to(canvas.device)
+
+    def _context_pass(self, ctx_inputs, level, streams, chain, context, tile_batch_size) -> LevelContext:
+        """Record the context of every tile of a finished level for every stream (tiles ordered stream-major)."""
+        inputs, c_noise, boxes = ctx_inputs
+        S, n_tiles = inputs.shape[:2]
+        parts = []
+        items = [(s, j) for s in range(S) for j in range(n_tiles)]
+        for start in range(0, len(items), tile_batch_size):
+            batch = items[start : start + tile_batch_size]
+            s_ids = torch.tensor([s for s, _ in batch])
+            j_ids = torch.tensor([j for _, j in batch])
+            idx = [chain[k][j_ids] + s_ids * context[k].boxes.shape[0] // S for k in range(level)] if level else None
+            parts.append(
+                self.transformer.compute_context(
+                    inputs[s_ids, j_ids], c_noise.expand(len(batch)), boxes[j_ids], level=level,
+                    context=context, context_indices=idx, **streams.take(s_ids),
+                )  # fmt: skip
+            )
+        return LevelContext.concat(parts)
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 32,
+        level_steps: list[int] | None = None,
+        guidance_scale: float = 3.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        overlap_axes: tuple[str, ...] | list[str] = AXES,
+        blending: str = "uniform",
+        tile_batch_size: int = 16,
+        cache_context: bool = True,
+        offload_context: bool = False,
+        context_sigma: float = 0.1,
+        num_levels: int | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        return_levels: bool = False,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        max_sequence_length: int = 16,
+    ) -> HPDMPipelineOutput | tuple:
+        r"""Generate videos coarse to fine.
+
+        Args:
+            prompt / negative_prompt: text (text models). ``negative_prompt=None`` uses the learned null conditioning.
+            class_labels: class ids (class-conditional models), one per prompt/video.
+            num_frames, height, width: the output size; must be one level's canvas (default: the finest level).
+            num_inference_steps: level-0 steps ``N``; level ``l`` uses ``max(1, N // 2**l)`` unless ``level_steps``.
+            guidance_scale: classifier-free guidance ``w`` (``1`` disables it and runs one pass per tile batch).
+            generator: one generator, or a list with one per video (then video ``i`` depends only on generator ``i``).
+            overlap_axes: axes with 50% tile overlap (subset of ``("f", "h", "w")``).
+            blending: ``"uniform"`` (paper) or ``"smooth"`` window weights when fusing tiles.
+            tile_batch_size: tiles per transformer call (results do not depend on it).
+            cache_context: read coarser levels from the cache (fast); ``False`` recomputes them at every step.
+            offload_context: keep the context cache on the CPU.
+            context_sigma: noise level (level-0 units, times ``shift**level``) at which finished levels are
+                re-noised for the context pass: the fine levels were trained on noisy coarse context.
+            num_levels: stop after this many levels (alternative to giving a coarser size).
+            output_type: ``"np"``, ``"pil"``, ``"pt"`` or ``"latent"`` (the raw ``[-1, 1]`` canvas).
+            return_levels: also return every level's videos.
+            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict``; may replace ``latents``
+                (the current level's canvas ``(B, C, F, H, W)``).
+        Returns:
+            ``HPDMPipelineOutput`` (or ``(frames,)`` / ``(frames, levels)`` when ``return_dict=False``).
+        """
+        tm = self.transformer
+        cfg = tm.config
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        # 1. Check inputs
+        batch, last_level, class_labels = check_inputs(
+            self, prompt, negative_prompt, class_labels, num_frames, height, width, num_inference_steps, level_steps,
+            guidance_scale, num_videos_per_prompt, generator, prompt_embeds, negative_prompt_embeds, overlap_axes,
+            blending, tile_batch_size, num_levels, output_type, callback_on_step_end_tensor_inputs, context_sigma,
+        )  # fmt: skip
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+        num_videos = batch * num_videos_per_prompt
+
+        # 2. Encode the conditioning
+        embeds = mask = neg_embeds = neg_mask = labels = None
+        if cfg.text_embed_dim:
+            embeds, mask, neg_embeds, neg_mask = self.encode_prompt(
+                prompt, negative_prompt, self.do_classifier_free_guidance, num_videos_per_prompt, prompt_embeds,
+                negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask, max_sequence_length,
+                device,
+            )  # fmt: skip
+            embeds = embeds.to(device, tm.dtype)
+            neg_embeds = None if neg_embeds is None else neg_embeds.to(device, tm.dtype)
+        if class_labels is not None:
+            labels = class_labels.to(device).repeat_interleave(num_videos_per_prompt)
+        streams = self._streams(embeds, mask, neg_embeds, neg_mask, labels, num_videos, device)
+
+        # 3. Levels, coarse to fine
+        sizes = tm.level_sizes
+        context: list[LevelContext] = []
+        ctx_inputs, chains_boxes, levels_out = [], [], []
+        step_count = 0
+        reuse_context = cache_context or cfg.context_fusion == "none"
+        for level in range(last_level + 1):
+            tiler = TiledCanvas(sizes[level], cfg.patch_size, overlap_axes, blending)
+            chains_boxes.append(tiler.boxes())
+            chain = context_chain(chains_boxes, level) if level else []
+            self.scheduler.set_timesteps(num_inference_steps, level=level, device=device, level_steps=level_steps)
+            timesteps = self.scheduler.timesteps
+            shape = (num_videos, cfg.in_channels, *sizes[level])
+            latents = self.prepare_latents(shape, self.scheduler.init_noise_sigma, tm.dtype, device, generator)
+
+            # 4. Denoising loop: fuse the tiles' denoised estimates, one scheduler step on the whole canvas
+            with self.progress_bar(total=len(timesteps)) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    latents = self.scheduler.churn(latents, generator=generator)
+                    sigma = self.scheduler.current_sigma
+                    denoised = self._denoise_canvas(
+                        latents, sigma, level, tiler, streams, chain, context if reuse_context else None,
+                        ctx_inputs, tile_batch_size,
+                    )  # fmt: skip
+                    latents = self.scheduler.step(None, t, latents, denoised=denoised).prev_sample
+                    if callback_on_step_end is not None:
+                        local = {"latents": latents, "prompt_embeds": embeds}
+                        kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                        result = callback_on_step_end(self, step_count, t, kwargs)
+                        latents = result.pop("latents", latents)
+                    step_count += 1
+                    progress_bar.update()
+            levels_out.append(latents)
+
+            # 5. Context pass over the finished level for the finer ones
+            if level < last_level and cfg.context_fusion != "none":
+                inputs = self._context_inputs(latents, level, tiler, streams, context_sigma, generator)
+                ctx_inputs.append(inputs)
+                if cache_context:
+                    ctx = self._context_pass(inputs, level, streams, chain, context, tile_batch_size)
+                    context.append(ctx.to("cpu") if offload_context else ctx)
+
+        # 6. Post-process
+        self.maybe_free_model_hooks()
+        frames = self._postprocess(levels_out[-1], output_type)
+        levels = [self._postprocess(v, output_type) for v in levels_out] if return_levels else None
+        if not return_dict:
+            return (frames, levels) if return_levels else (frames,)
+        return HPDMPipelineOutput(frames=frames, levels=levels)
+
+    def _postprocess(self, video: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return video
+        return self.video_processor.postprocess_video(video.float().clamp(-1, 1), output_type=output_type)
+
+
+HierarchicalPatchPipeline.__call__.__doc__ += EXAMPLE_DOC_STRING

@@ -1,0 +1,259 @@
+import math
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import randomize_
+from diffusers.utils import export_to_video
+
+from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler, HPDMTransformer, LevelContext, write_model_card
+from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
+
+PROMPTS = ["a red circle moving left", "a blue square moving up quickly"]
+
+
+def tiny_model(**kw) -> HPDMTransformer:
+    torch.manual_seed(0)
+    cfg = dict(
+        patch_size=(2, 8, 8), num_levels=3, level_growth=(1, 2, 2), tokenizer_patch=(1, 2, 2), token_dim=32,
+        latent_dim=32, num_latents=8, num_compute_layers=1, num_heads=2, levels_per_block=[1, 1, 2, 2, 3, 3],
+        text_embed_dim=32,
+    )  # fmt: skip
+    return randomize_(HPDMTransformer(**{**cfg, **kw}), std=0.02).eval()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    tok = build_word_tokenizer(PROMPTS + ["blurry"])
+    p = HierarchicalPatchPipeline(tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def run(pipe, prompt=PROMPTS[0], seed=0, **kw):
+    kw.setdefault("num_inference_steps", 2)
+    kw.setdefault("output_type", "pt")
+    gen = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt))] if isinstance(prompt, list) else torch.Generator().manual_seed(seed)
+    return pipe(prompt, generator=kw.pop("generator", gen), **kw)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tiling geometry end to end with a stand-in transformer
+
+
+def field(coords: torch.Tensor) -> torch.Tensor:
+    """A smooth function of global (f, h, w) -> 3 channels."""
+    f, h, w = coords.unbind(-1)
+    return torch.stack([torch.sin(3 * f) + w, torch.cos(5 * h) * f, h * w - f], dim=0)
+
+
+class PositionOracle(HPDMTransformer):
+    """Outputs F such that the denoised estimate of every voxel is ``field(global position)``."""
+
+    def forward(self, hidden_states, timestep, boxes, level=None, context=None, context_indices=None, **kw):
+        sigma = torch.exp(4 * timestep.double())[:, None, None, None, None]
+        sd = 0.5
+        c_in, c_skip, c_out = 1 / (sigma**2 + sd**2).sqrt(), sd**2 / (sigma**2 + sd**2), -sigma * sd / (sigma**2 + sd**2).sqrt()
+        x = hidden_states.double() / c_in
+        n, _, f, h, w = x.shape
+        axes = [(torch.arange(k, dtype=torch.float64) + 0.5) / k for k in (f, h, w)]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (f, h, w, 3) in patch coordinates
+        coords = boxes.double()[:, None, None, None, :3] + boxes.double()[:, None, None, None, 3:] * grid
+        target = torch.stack([field(c) for c in coords])  # (n, 3, f, h, w)
+        out = (target - c_skip * x) / c_out
+        return type("O", (), {"sample": out.to(hidden_states.dtype)})()
+
+    def compute_context(self, hidden_states, timestep, boxes, level, **kw):
+        return LevelContext(level, boxes, [None] * self.config.num_blocks)
+
+
+@pytest.mark.parametrize("overlap", [(), ("h", "w"), ("f", "h", "w")])
+@pytest.mark.parametrize("blending", ["uniform", "smooth"])
+def test_fused_canvas_equals_position_field_everywhere(overlap, blending):
+    # Odd patch sizes force snapped last windows (e.g. h: offsets 0, 2, 4, 5 on a 10-voxel canvas).
+    model = PositionOracle(patch_size=(3, 5, 7), num_levels=2, tokenizer_patch=(1, 1, 1), token_dim=8, latent_dim=8,
+                           num_latents=2, num_blocks=1, num_compute_layers=1, num_heads=1, num_classes=2)  # fmt: skip
+    # float64: the last Euler step x + (0 - sigma) (x - D) / sigma returns D only up to rounding of x ~ sigma.
+    p = HierarchicalPatchPipeline(model.double(), HPDMScheduler(level_samplers=["euler", "euler"]))
+    p.set_progress_bar_config(disable=True)
+    out = p(class_labels=[1], num_inference_steps=2, guidance_scale=1.0, overlap_axes=overlap, blending=blending,
+            output_type="latent", return_levels=True, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    for lvl, video in enumerate(out.levels):
+        F, H, W = video.shape[2:]
+        axes = [(torch.arange(k, dtype=torch.float64) + 0.5) / k for k in (F, H, W)]
+        expected = field(torch.stack(torch.meshgrid(*axes, indexing="ij"), -1))
+        # Boxes travel as float32: 1e-6 covers their rounding; a misplaced window would be off by ~0.1.
+        torch.testing.assert_close(video[0], expected, atol=1e-6, rtol=0, msg=f"level {lvl}")
+
+
+def test_single_tile_canvas_is_bit_identical_to_untiled_sampling(pipe):
+    tiled = run(pipe, num_levels=1, guidance_scale=1.0, output_type="latent").frames
+    # Untiled reference: the plain sampling loop on the whole (single-patch) canvas.
+    tm, sch = pipe.transformer, pipe.scheduler
+    embeds, mask, _, _ = pipe.encode_prompt(PROMPTS[0], do_classifier_free_guidance=False)
+    gen = torch.Generator().manual_seed(0)
+    sch.set_timesteps(2, level=0)
+    x = torch.randn((1, 3, *tm.config.patch_size), generator=gen) * sch.init_noise_sigma
+    box = torch.tensor([[0.0, 0, 0, 1, 1, 1]])
+    for t in sch.timesteps:
+        x = sch.churn(x, generator=gen)
+        sigma = sch.current_sigma
+        c_in, c_noise = sch.precondition(sigma)[2:]
+        out = tm(c_in * x, torch.full((1,), float(c_noise)), box, encoder_hidden_states=embeds,
+                 encoder_attention_mask=mask, level=0, drop_conditioning=torch.zeros(1, dtype=torch.bool)).sample  # fmt: skip
+        x = sch.step(out, t, x).prev_sample
+    assert torch.equal(tiled, x)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Context cache, determinism, batching
+
+
+def test_cached_and_uncached_context_give_the_same_frames(pipe):
+    cached = run(pipe, cache_context=True).frames
+    uncached = run(pipe, cache_context=False).frames
+    assert (cached - uncached).abs().max() <= 1e-5
+
+
+def test_reproducible_and_independent_of_batching_and_offload(pipe):
+    ref = run(pipe, tile_batch_size=4).frames
+    assert torch.equal(ref, run(pipe, tile_batch_size=4).frames)
+    assert not torch.equal(ref, run(pipe, seed=1, tile_batch_size=4).frames)
+    for tbs in (1, 10_000):
+        assert (run(pipe, tile_batch_size=tbs).frames - ref).abs().max() <= 1e-5
+    assert (run(pipe, tile_batch_size=4, offload_context=True).frames - ref).abs().max() <= 1e-5
+    # Two prompts in one call (one generator each) == one call per prompt.
+    both = run(pipe, PROMPTS, tile_batch_size=4).frames
+    second = pipe(PROMPTS[1], generator=torch.Generator().manual_seed(1), num_inference_steps=2, output_type="pt", tile_batch_size=4).frames
+    assert (both[0] - ref[0]).abs().max() <= 1e-5 and (both[1] - second[0]).abs().max() <= 1e-5
+    # num_videos_per_prompt with a generator list == separate calls.
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(7)]
+    multi = pipe(PROMPTS[0], num_videos_per_prompt=2, generator=gens, num_inference_steps=2, output_type="pt", tile_batch_size=4).frames
+    other = run(pipe, seed=7, tile_batch_size=4).frames
+    assert (multi[0] - ref[0]).abs().max() <= 1e-5 and (multi[1] - other[0]).abs().max() <= 1e-5
+
+
+def test_negative_prompt_changes_the_unconditional_branch(pipe):
+    a = run(pipe).frames
+    b = run(pipe, negative_prompt="blurry").frames
+    assert (a - b).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Outputs, callbacks, call counts
+
+
+def test_output_types_shapes_and_ranges(pipe, tmp_path):
+    np_out = run(pipe, output_type="np", return_levels=True)
+    assert np_out.frames.shape == (1, 2, 32, 32, 3) and 0 <= np_out.frames.min() and np_out.frames.max() <= 1
+    assert [lv.shape for lv in np_out.levels] == [(1, 2, 8, 8, 3), (1, 2, 16, 16, 3), (1, 2, 32, 32, 3)]
+    pt = run(pipe, output_type="pt").frames
+    assert pt.shape == (1, 2, 3, 32, 32)
+    np.testing.assert_allclose(pt.permute(0, 1, 3, 4, 2).numpy(), np_out.frames, atol=1e-6)
+    pil = run(pipe, output_type="pil").frames
+    assert len(pil) == 1 and len(pil[0]) == 2 and pil[0][0].size == (32, 32)
+    frames = run(pipe, output_type="np", num_levels=2).frames
+    assert frames.shape == (1, 2, 16, 16, 3)
+    assert run(pipe, output_type="np", height=16, width=16).frames.shape == (1, 2, 16, 16, 3)
+    path = export_to_video(list(np_out.frames[0]), str(tmp_path / "v.mp4"), fps=8)
+    assert iio.imread(path, plugin="pyav" if _has_av() else None).shape[0] == 2
+
+
+def _has_av():
+    try:
+        import av  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def test_callback_can_edit_the_canvas(pipe):
+    seen = []
+
+    def cb(p, step, t, kw):
+        seen.append(kw["latents"].shape)
+        return {"latents": torch.zeros_like(kw["latents"])}
+
+    out = run(pipe, output_type="latent", callback_on_step_end=cb, return_levels=True)
+    evals = 3 + 1 + 1  # heun with 2 steps at level 0 (2n-1 evaluations), one euler step at levels 1 and 2
+    assert len(seen) == evals and seen[-1] == (1, 3, 2, 32, 32)
+    assert all(lv.abs().max() == 0 for lv in out.levels)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_one_transformer_call_per_tile_batch_per_step(pipe, guidance):
+    calls = []
+    hook = pipe.transformer.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    try:
+        run(pipe, guidance_scale=guidance, tile_batch_size=16)
+    finally:
+        hook.remove()
+    tiles = [1, 9, 49]  # (2x8x8 canvases of 1, 3x3, 7x7 windows): level 1 and 2 tiles at 50% overlap on h, w
+    steps = [3, 1, 1]
+    per_step = [math.ceil(n / 16) for n in tiles]
+    assert len(calls) == sum(s * c for s, c in zip(steps, per_step))
+    assert max(calls) == 16 * (2 if guidance != 1 else 1)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Save / load, model card
+
+
+def test_save_load_round_trip_and_model_card(pipe, tmp_path):
+    ref = run(pipe).frames
+    pipe.save_pretrained(tmp_path)
+    card = write_model_card(tmp_path, repo_id="me/hpdm-tiny", example_prompt=PROMPTS[0], metrics={"colour accuracy": 1.0})
+    loaded = HierarchicalPatchPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(run(loaded).frames, ref)
+    text = card.read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["library_name"] == "diffusers" and meta["pipeline_tag"] == "text-to-video"
+    assert meta["hpdm"]["level_sizes"] == [[2, 8, 8], [2, 16, 16], [2, 32, 32]]
+    assert "HierarchicalPatchPipeline.from_pretrained" in text
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(height=20), "not a level"),
+        (dict(num_frames=3), "not a level"),
+        (dict(overlap_axes=("x",)), "overlap_axes"),
+        (dict(overlap_axes="hw"), "overlap_axes"),
+        (dict(generator=[torch.Generator()] * 3), "generators"),
+        (dict(prompt_embeds=torch.zeros(1, 4, 32)), "either `prompt` or `prompt_embeds`"),
+        (dict(class_labels=[1]), "not class-conditional"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(guidance_scale=-1.0), "guidance_scale"),
+        (dict(blending="gauss"), "blending"),
+        (dict(tile_batch_size=0), "tile_batch_size"),
+        (dict(num_levels=4), "num_levels"),
+        (dict(output_type="gif"), "output_type"),
+        (dict(level_steps=[4, 2]), "level_steps"),
+        (dict(num_videos_per_prompt=0), "num_videos_per_prompt"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), "callback_on_step_end_tensor_inputs"),
+        (dict(negative_prompt=["a", "b"]), "negative prompts"),
+        (dict(context_sigma=0.0), "context_sigma"),
+    ],
+)
+def test_bad_inputs_raise_value_errors_naming_the_fix(pipe, kw, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(PROMPTS[0], num_inference_steps=kw.pop("num_inference_steps", 2), **kw)
+
+
+def test_text_model_without_prompt_and_class_model_without_labels_raise(pipe):
+    with pytest.raises(ValueError, match="pass `prompt`"):
+        pipe(num_inference_steps=2)
+    cls_pipe = HierarchicalPatchPipeline(tiny_model(text_embed_dim=None, num_classes=3), HPDMScheduler())
+    with pytest.raises(ValueError, match="class_labels"):
+        cls_pipe(num_inference_steps=2)
+    with pytest.raises(ValueError, match="class_labels"):
+        cls_pipe(class_labels=[5], num_inference_steps=2)
