@@ -1,0 +1,338 @@
+"""`datasets`-backed video/text training data (DESIGN.md §5).
+
+Sources: a folder of videos and images with ``metadata.jsonl`` or ``metadata.csv`` (columns ``file_name`` and
+``text`` and/or ``label``), a dataset written by `datasets.Dataset.save_to_disk`, or a Hub dataset name. Items are
+``{"video": float32 [C, F, H, W] in [-1, 1], "text": str, "label": int or -1}``. Images become still videos so that
+image and video batches mix. Files that cannot be used are skipped and counted, never raised:
+`VideoTextDataset.__getitem__` returns ``None`` and `collate_videos` drops it and counts it in ``num_skipped``.
+
+Logging skips across processes (Accelerate)::
+
+    skipped = torch.tensor(batch["num_skipped"], device=accelerator.device)
+    total_skipped += accelerator.reduce(skipped, reduction="sum").item()  # same on every rank
+    accelerator.log({"data/num_skipped": total_skipped}, step=global_step)
+
+``num_skipped`` travels inside the batch because DataLoader workers are separate processes: the per-item reasons
+in `VideoTextDataset.skipped` live in the process that decoded the item (the main one when ``num_workers=0``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+MEDIA_COLUMNS = ("file_name", "video", "image")
+
+
+def _video_plugin() -> str:
+    """PyAV when installed (seekable, in-process), else imageio-ffmpeg's ``FFMPEG`` plugin (ships its binary)."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return "FFMPEG"
+    return "pyav"
+
+
+def read_frames(source: str | os.PathLike | bytes, extension: str = ".mp4") -> np.ndarray:
+    """Decode a video or image (a path or the file's bytes) to uint8 RGB ``[T, H, W, 3]``; an image gives T = 1."""
+    import imageio.v3 as iio
+
+    extension = (Path(source).suffix if not isinstance(source, bytes) else extension).lower()
+    if extension in IMAGE_EXTENSIONS:
+        frames = np.asarray(iio.imread(source, extension=extension))[None]
+    else:
+        frames = np.asarray(iio.imread(source, plugin=_video_plugin(), index=None, extension=extension))
+    if frames.ndim == 3:  # grayscale
+        frames = frames[..., None]
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"decoded array has shape {frames.shape}, expected [T, H, W, C] with C in (1, 3, 4)")
+    frames = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames[..., :3]
+    if frames.dtype != np.uint8:
+        raise ValueError(f"decoded dtype {frames.dtype}, expected uint8")
+    return frames
+
+
+def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Center-crop ``[F, C, H, W]`` to the target aspect ratio, then resize with antialiasing (area when shrinking)."""
+    src_h, src_w = frames.shape[-2:]
+    if src_w * height > src_h * width:  # too wide
+        crop_h, crop_w = src_h, max(1, round(src_h * width / height))
+    else:
+        crop_h, crop_w = max(1, round(src_w * height / width)), src_w
+    top, left = (src_h - crop_h) // 2, (src_w - crop_w) // 2
+    frames = frames[..., top : top + crop_h, left : left + crop_w]
+    if (crop_h, crop_w) == (height, width):
+        return frames
+    if crop_h >= height and crop_w >= width:
+        return F.interpolate(frames, size=(height, width), mode="area")
+    return F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _stream_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one (seed, epoch, index) triple."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & ((1 << 63) - 1)
+
+
+class VideoTextDataset(Dataset):
+    r"""Map-style torch dataset over a `datasets.Dataset` of (media, text, label) records.
+
+    Args:
+        records (`datasets.Dataset`): one row per video or image, with `media_column` holding a path (relative to
+            `root` or absolute) or a ``{"path", "bytes"}`` dict, and optional `text_column` / `label_column`.
+        root (`Path`, *optional*): folder that relative paths are resolved against.
+        num_frames, height, width (`int`): output clip size.
+        frame_stride (`int`): keep every `frame_stride`-th frame; a clip spans ``(num_frames - 1) * frame_stride + 1``
+            source frames, and a shorter video is skipped.
+        seed (`int`): the temporal crop of item i in epoch e depends only on ``(seed, e, i)`` (see `set_epoch`).
+        random_temporal_crop (`bool`): random start if True, else the centred clip.
+        label_names (`list[str]`, *optional*): when labels are strings, their index in this list is the label.
+    """
+
+    def __init__(
+        self,
+        records,
+        root: str | os.PathLike | None = None,
+        num_frames: int = 16,
+        height: int = 64,
+        width: int = 64,
+        frame_stride: int = 1,
+        seed: int = 0,
+        random_temporal_crop: bool = True,
+        media_column: str = "file_name",
+        text_column: str = "text",
+        label_column: str = "label",
+        label_names: list[str] | None = None,
+    ):
+        if min(num_frames, height, width, frame_stride) < 1:
+            raise ValueError(f"num_frames, height, width, frame_stride must be >= 1, got {num_frames, height, width}.")
+        self.records = records
+        self.root = Path(root) if root is not None else None
+        self.num_frames, self.height, self.width = num_frames, height, width
+        self.frame_stride, self.seed, self.random_temporal_crop = frame_stride, seed, random_temporal_crop
+        self.media_column, self.text_column, self.label_column = media_column, text_column, label_column
+        self.label_names = label_names
+        self.epoch = 0
+        self.skipped: dict[int, str] = {}  # index -> reason, for items decoded in this process
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames covered by one clip."""
+        return (self.num_frames - 1) * self.frame_stride + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the temporal crops of this epoch (call it at the start of every epoch, on every process)."""
+        self.epoch = epoch
+
+    def temporal_start(self, index: int, num_source_frames: int) -> int:
+        """First source frame of item `index`'s clip; ``0 <= start <= num_source_frames - clip_span``."""
+        slack = num_source_frames - self.clip_span
+        if not self.random_temporal_crop:
+            return slack // 2
+        generator = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, index))
+        return int(torch.randint(0, slack + 1, (1,), generator=generator))
+
+    def _source(self, row: dict) -> tuple[str | bytes, str]:
+        """(path or bytes, extension) of a record's media."""
+        value = row[self.media_column]
+        if isinstance(value, dict):
+            path = value.get("path") or ""
+            if value.get("bytes") is not None:
+                return value["bytes"], Path(path).suffix or ".mp4"
+            value = path
+        if not value:
+            raise ValueError("empty media path")
+        path = Path(value)
+        if not path.is_absolute() and self.root is not None:
+            path = self.root / path
+        return str(path), path.suffix
+
+    def _skip(self, index: int, reason: str) -> None:
+        if index not in self.skipped:
+            logger.warning("Skipping item %d: %s", index, reason)
+        self.skipped[index] = reason
+
+    def __getitem__(self, index: int) -> dict | None:
+        row = self.records[index]
+        try:
+            source, extension = self._source(row)
+            frames = read_frames(source, extension)
+        except Exception as error:  # any decoder failure means "skip this file"
+            message = str(error).strip().splitlines()
+            self._skip(index, f"unreadable ({type(error).__name__}: {message[0] if message else ''})")
+            return None
+        if extension.lower() in IMAGE_EXTENSIONS:  # a still video
+            frames = np.repeat(frames[:1], self.clip_span, axis=0)
+        if frames.shape[0] < self.clip_span:
+            self._skip(index, f"too short ({frames.shape[0]} frames, clip needs {self.clip_span})")
+            return None
+        start = self.temporal_start(index, frames.shape[0])
+        clip = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.clip_span : self.frame_stride]))
+        clip = resize_frames(clip.permute(0, 3, 1, 2).float(), self.height, self.width)  # (F, C, H, W)
+        video = (clip / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()  # (C, F, H, W)
+        return {"video": video, "text": self._text(row), "label": self._label(row)}
+
+    def _text(self, row: dict) -> str:
+        text = row.get(self.text_column)
+        return "" if text is None else str(text)
+
+    def _label(self, row: dict) -> int:
+        label = row.get(self.label_column)
+        if label is None or label == "":
+            return -1
+        if self.label_names is not None:
+            return self.label_names.index(str(label))
+        return int(label) if isinstance(label, int) else int(float(label))
+
+
+def collate_videos(batch: list[dict | None]) -> dict:
+    r"""Stack the usable items and count the skipped ones (``None``).
+
+    Returns:
+        `dict`: ``video`` float32 ``[B, C, F, H, W]`` (``[0]`` when every item was skipped: skip that step),
+        ``text`` (list of B strings), ``label`` (LongTensor ``[B]``, -1 = unlabelled), ``num_skipped`` (int).
+    """
+    items = [item for item in batch if item is not None]
+    num_skipped = len(batch) - len(items)
+    if not items:
+        return {
+            "video": torch.empty(0),
+            "text": [],
+            "label": torch.empty(0, dtype=torch.long),
+            "num_skipped": num_skipped,
+        }
+    return {
+        "video": torch.stack([item["video"] for item in items]),
+        "text": [item["text"] for item in items],
+        "label": torch.tensor([item["label"] for item in items], dtype=torch.long),
+        "num_skipped": num_skipped,
+    }
+
+
+def _read_metadata(folder: Path) -> list[dict]:
+    for name in METADATA_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".jsonl"):
+            with open(path) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    raise ValueError(
+        f"No metadata file in {folder}: add `metadata.jsonl` (one JSON object per line) or `metadata.csv` with a "
+        "`file_name` column (media path relative to the folder) and a `text` and/or `label` column, e.g. "
+        '{"file_name": "videos/0001.mp4", "text": "a red circle moving left"}.'
+    )
+
+
+def _check_columns(columns, media_column: str | None, text_column: str, label_column: str, where: str) -> str:
+    """The media column to use; a ValueError saying what to add when a required column is missing."""
+    candidates = [media_column] if media_column else list(MEDIA_COLUMNS)
+    media = next((c for c in candidates if c in columns), None)
+    if media is None:
+        raise ValueError(
+            f"{where} has columns {sorted(columns)} but no media column: add `{candidates[0]}` "
+            f"(or one of {list(MEDIA_COLUMNS)}) with each video's or image's path."
+        )
+    if text_column not in columns and label_column not in columns:
+        raise ValueError(
+            f"{where} has columns {sorted(columns)}: add a `{text_column}` column (captions) and/or a "
+            f"`{label_column}` column (class labels)."
+        )
+    return media
+
+
+def load_video_dataset(
+    path_or_name: str | os.PathLike,
+    num_frames: int = 16,
+    height: int = 64,
+    width: int = 64,
+    frame_stride: int = 1,
+    seed: int = 0,
+    random_temporal_crop: bool = True,
+    split: str | None = "train",
+    media_column: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> VideoTextDataset:
+    r"""Open a video/text dataset for training.
+
+    Args:
+        path_or_name (`str` or `os.PathLike`): a folder with ``metadata.jsonl`` / ``metadata.csv`` (e.g. written by
+            `generate_dataset`), a folder written by `save_to_disk`, or a Hub dataset name.
+        split (`str`, *optional*): rows whose ``split`` column differs are dropped (metadata folders), or the split
+            of a `DatasetDict` / Hub dataset. ``None`` keeps everything.
+        media_column (`str`, *optional*): defaults to the first of ``file_name``, ``video``, ``image``.
+        Other arguments: see `VideoTextDataset`.
+
+    Raises:
+        `ValueError`: no metadata file in the folder, or a required column is missing (the message says which).
+    """
+    import datasets
+
+    path = Path(path_or_name)
+    root = path
+    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        records = datasets.load_from_disk(str(path))
+        if isinstance(records, datasets.DatasetDict):
+            records = records[split or next(iter(records))]
+    elif path.is_dir():
+        rows = _read_metadata(path)
+        if split is not None and rows and "split" in rows[0]:
+            rows = [row for row in rows if row.get("split") in (None, split)]
+        columns = set().union(*(row.keys() for row in rows)) if rows else set()
+        _check_columns(columns, media_column, text_column, label_column, f"The metadata in {path}")
+        records = datasets.Dataset.from_list(rows)
+    else:
+        records = datasets.load_dataset(str(path_or_name), split=split or "train")
+        root = None
+
+    media = _check_columns(records.column_names, media_column, text_column, label_column, f"Dataset {path_or_name}")
+    feature = records.features.get(media)
+    if isinstance(feature, datasets.Video | datasets.Image):  # keep {"path", "bytes"}: we decode ourselves
+        records = records.cast_column(media, type(feature)(decode=False))
+    label_names = None
+    if label_column in records.column_names:
+        if not isinstance(records.features[label_column], datasets.ClassLabel) and not all(
+            _is_int_like(v) for v in records[label_column]
+        ):
+            label_names = sorted({str(v) for v in records[label_column] if v is not None and v != ""})
+    return VideoTextDataset(
+        records,
+        root=root,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        frame_stride=frame_stride,
+        seed=seed,
+        random_temporal_crop=random_temporal_crop,
+        media_column=media,
+        text_column=text_column,
+        label_column=label_column,
+        label_names=label_names,
+    )
+
+
+def _is_int_like(value) -> bool:
+    if value is None or value == "" or isinstance(value, int):
+        return True
+    try:
+        return float(value) == int(value)
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,229 @@
+"""Offline metrics: attribute detector, prompt following, seams, level consistency, flicker, Fréchet/FVD (§7)."""
+
+import json
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from diffusers_hpdm.data import caption, generate_dataset, render_video
+from diffusers_hpdm.evaluation import (
+    compute_fvd,
+    detect_attributes,
+    feature_statistics,
+    frechet_distance,
+    i3d_features,
+    level_consistency,
+    load_i3d,
+    preprocess_for_i3d,
+    prompt_following_accuracy,
+    seam_score,
+    temporal_flicker,
+    tile_edges,
+)
+
+ATTRS = ("colour", "shape", "direction", "speed")
+
+
+def _area_down(video, f, h, w):
+    n, H, W, c = video.shape
+    return video.reshape(f, n // f, h, H // h, w, W // w, c).mean(axis=(1, 3, 5))
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """40 generated videos at 16x64x64, decoded after the mp4 (yuv420p) round trip, with their metadata."""
+    root = generate_dataset(tmp_path_factory.mktemp("eval") / "ds", num_videos=40, num_frames=16, seed=11)
+    rows = [json.loads(line) for line in open(root / "metadata.jsonl")]
+    videos = [iio.imread(root / r["file_name"], plugin="FFMPEG", index=None) for r in rows]
+    return videos, rows
+
+
+@pytest.mark.parametrize("size", [(16, 64, 64), (4, 16, 16)])
+def test_detector_accuracy_after_mp4_round_trip(shapes, size):
+    videos, rows = shapes
+    hits = dict.fromkeys(ATTRS, 0)
+    for video, row in zip(videos, rows):
+        x = _area_down(video.astype(np.float64) / 255.0, *size)
+        detected = detect_attributes(x)
+        for name in ATTRS:
+            hits[name] += detected[name] == row[name]
+    accuracy = {name: hits[name] / len(rows) for name in ATTRS}
+    print(f"detector accuracy at {size}: {accuracy}")
+    assert min(accuracy.values()) >= 0.98, accuracy
+
+
+def test_detector_without_foreground_or_motion():
+    blank = np.full((4, 16, 16, 3), 40, dtype=np.uint8)
+    result = detect_attributes(blank)
+    assert result["colour"] is None and result["shape"] is None and result["confidence"] == 0.0
+    attrs = dict(colour="yellow", shape="triangle", direction="up", speed="quickly", background="dark green")
+    still = detect_attributes(render_video(attrs, 1, 32, 32, np.random.default_rng(0)))
+    assert (still["colour"], still["shape"], still["direction"]) == ("yellow", "triangle", None)
+
+
+def test_prompt_following_accuracy(shapes):
+    videos, rows = shapes
+    videos = videos[:12]
+    prompts = [caption(r) for r in rows[:12]]
+    assert prompt_following_accuracy(videos, prompts) == dict.fromkeys((*ATTRS, "all"), 1.0)
+    swap = {"red": "green", "green": "blue", "blue": "red", "yellow": "cyan", "cyan": "magenta", "magenta": "yellow"}
+    wrong = [caption({**r, "colour": swap[r["colour"]]}) for r in rows[:12]]
+    result = prompt_following_accuracy(videos, wrong)
+    assert result["colour"] == 0.0 and result["all"] == 0.0 and result["shape"] == 1.0
+    partial = prompt_following_accuracy(videos, [f"a {r['colour']} thing" for r in rows[:12]])
+    assert partial == {"colour": 1.0, "all": 1.0}  # only mentioned attributes are scored
+    with pytest.raises(ValueError):
+        prompt_following_accuracy(videos, prompts[:3])
+
+
+# ---------------------------------------------------------------- seams
+
+
+def _smooth_field(shape, length_scale, seed):
+    """Stationary Gaussian random field (periodic), unit-free, std ~0.05 around 0.5."""
+    noise = np.random.default_rng(seed).standard_normal(shape)
+    fy = np.fft.fftfreq(shape[1])[:, None]
+    fx = np.fft.rfftfreq(shape[2])[None, :]
+    transfer = np.exp(-2 * (np.pi * length_scale) ** 2 * (fy**2 + fx**2))[None, :, :, None]
+    field = np.fft.irfft2(np.fft.rfft2(noise, axes=(1, 2)) * transfer, s=shape[1:3], axes=(1, 2))
+    return 0.5 + 0.05 * field / field.std()
+
+
+def test_tile_edges():
+    assert tile_edges(64, 32, 16) == [16, 32, 48]
+    assert tile_edges(64, 32, 32) == [32]
+    assert tile_edges(40, 16, 16) == [16, 24, 32]  # last window snapped to [24, 40)
+    assert tile_edges(16, 16, 8) == []
+
+
+def test_seam_score_smooth_vs_injected_step():
+    video = _smooth_field((4, 64, 64, 3), length_scale=3.0, seed=0)
+    borders = (tile_edges(64, 32, 16), tile_edges(64, 32, 16))
+    smooth = seam_score(video, borders)
+    assert 0.85 < smooth < 1.15
+    stepped = video.copy()
+    stepped[:, 16:48, 16:48] += 0.05  # a tile whose level is off: steps exactly on borders 16 and 48
+    assert seam_score(stepped, borders) > 3.0
+    assert seam_score(stepped, ([8, 24, 40, 56], [8, 24, 40, 56])) < 1.0  # steps are not on these lines
+    assert seam_score((stepped * 255).round().astype(np.uint8), borders) > 3.0  # uint8 input
+
+
+# ---------------------------------------------------------------- level consistency and flicker
+
+
+def test_level_consistency_is_area_downsampling():
+    rng = np.random.default_rng(0)
+    coarse = rng.random((2, 8, 8, 3))
+    fine = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    exact = level_consistency(fine, coarse)
+    assert exact["mse"] < 1e-20 and exact["psnr"] > 150
+    assert level_consistency(coarse, coarse) == {"mse": 0.0, "psnr": float("inf")}
+    checker = (np.indices((4, 16, 16)).sum(axis=0) % 2 * 2 - 1)[..., None] * 0.2  # averages to 0 in every 2x2x2
+    np.testing.assert_allclose(level_consistency(fine + checker, coarse)["mse"], 0.0, atol=1e-20)
+    shifted = level_consistency(fine + 0.1, coarse)
+    np.testing.assert_allclose([shifted["mse"], shifted["psnr"]], [0.01, 20.0])
+    only_spatial = level_consistency(coarse.repeat(2, axis=1).repeat(2, axis=2), coarse)  # time does not grow
+    assert only_spatial["mse"] < 1e-20
+    with pytest.raises(ValueError):
+        level_consistency(rng.random((4, 12, 16, 3)), coarse)
+
+
+def test_temporal_flicker_steady_vs_flickering():
+    attrs = dict(colour="blue", shape="square", direction="right", speed="quickly", background="gray")
+    video = render_video(attrs, 12, 32, 32, np.random.default_rng(1)).astype(np.float64) / 255
+    steady = temporal_flicker(video)
+    flickering = video + 0.04 * (np.arange(12) % 2)[:, None, None, None]
+    assert steady < 2e-3
+    assert abs(temporal_flicker(flickering) - 0.04) < steady + 1e-9
+    assert temporal_flicker(video[:1]) == 0.0
+
+
+# ---------------------------------------------------------------- Fréchet distance and FVD
+
+
+def _spd(dim, seed):
+    a = np.random.default_rng(seed).standard_normal((dim, dim))
+    return a @ a.T + 0.1 * np.eye(dim)
+
+
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.standard_normal(6), _spd(6, 1)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+    s1, s2 = rng.random(5) + 0.1, rng.random(5) + 0.1
+    mu2 = mu[:5] + rng.standard_normal(5)
+    expected = np.sum((mu[:5] - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+    np.testing.assert_allclose(frechet_distance(mu[:5], np.diag(s1), mu2, np.diag(s2)), expected, rtol=1e-10)
+    np.testing.assert_allclose(frechet_distance(0.0, 4.0, 1.0, 9.0), 1.0 + (2.0 - 3.0) ** 2)  # 1-D: stds 2 and 3
+    np.testing.assert_allclose(frechet_distance(mu, sigma, mu, 9 * sigma), 4 * np.trace(sigma), rtol=1e-10)
+
+
+def test_frechet_distance_general_covariances():
+    a, b = _spd(8, 2), _spd(8, 3)  # do not commute
+    mu1, mu2 = np.zeros(8), np.ones(8)
+    d = frechet_distance(mu1, a, mu2, b)
+    # tr sqrt(A^1/2 B A^1/2) = sum sqrt(eig(A B)): the eigenvalues of AB are real and non-negative
+    reference = 8 + np.trace(a) + np.trace(b) - 2 * np.sum(np.sqrt(np.linalg.eigvals(a @ b).real))
+    np.testing.assert_allclose(d, reference, rtol=1e-8)
+    np.testing.assert_allclose(d, frechet_distance(mu2, b, mu1, a), rtol=1e-8)  # symmetric
+    singular = np.diag([1.0, 0.0, 2.0])  # PSD, rank-deficient: still well defined
+    np.testing.assert_allclose(frechet_distance(np.zeros(3), singular, np.zeros(3), singular), 0.0, atol=1e-9)
+
+
+def test_feature_statistics_recover_gaussian():
+    mu, sigma = np.array([1.0, -2.0, 0.5]), _spd(3, 4)
+    samples = np.random.default_rng(5).multivariate_normal(mu, sigma, size=20000)
+    m, s = feature_statistics(samples)
+    np.testing.assert_allclose(m, mu, atol=0.1)
+    np.testing.assert_allclose(s, sigma, atol=0.15 * np.abs(sigma).max())
+    assert frechet_distance(m, s, mu, sigma) < 0.02
+
+
+class _StandInI3D(torch.nn.Module):
+    """Scripted stand-in with the I3D TorchScript call signature: features = channel mean/std, range, size."""
+
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
+        assert return_features and not rescale and not resize
+        b = x.shape[0]
+        size = torch.full((b, 1), float(x.shape[-1] * 1000 + x.shape[2]))
+        lo, hi = x.amin(dim=(1, 2, 3, 4)).unsqueeze(1), x.amax(dim=(1, 2, 3, 4)).unsqueeze(1)
+        return torch.cat([x.mean(dim=(2, 3, 4)), x.std(dim=(2, 3, 4)), lo, hi, size], dim=1)
+
+
+@pytest.fixture
+def i3d_file(tmp_path):
+    path = tmp_path / "i3d_torchscript.pt"
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript, the format the real I3D file uses
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_StandInI3D()).save(str(path))
+    return path
+
+
+def test_preprocess_for_i3d():
+    x = preprocess_for_i3d(np.full((2, 3, 16, 24, 3), 0.5))
+    assert x.shape == (2, 3, 3, 224, 224) and torch.allclose(x, torch.zeros(()))
+    assert torch.all(preprocess_for_i3d(np.full((1, 2, 8, 8, 3), 255, dtype=np.uint8)) == 1.0)
+
+
+def test_compute_fvd_with_scripted_stand_in(i3d_file):
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (6, 4, 16, 16, 3), dtype=np.uint8)
+    fake = np.clip(real.astype(int) + rng.integers(0, 60, real.shape), 0, 255).astype(np.uint8)
+    detector = load_i3d(i3d_file)
+    features = i3d_features(real, detector, batch_size=4)
+    assert features.shape == (6, 9)
+    assert features[:, 6].min() >= -1 and features[:, 7].max() <= 1 and np.all(features[:, 8] == 224 * 1000 + 4)
+    assert compute_fvd(real, real, i3d_file) < 1e-8
+    expected = frechet_distance(*feature_statistics(features), *feature_statistics(i3d_features(fake, detector)))
+    fvd = compute_fvd(real, fake, i3d_file, batch_size=4)
+    assert fvd > 1e-3 and np.isclose(fvd, expected)
+
+
+def test_compute_fvd_missing_file_says_what_to_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"i3d_torchscript\.pt.*dropbox"):
+        compute_fvd(np.zeros((2, 4, 8, 8, 3)), np.zeros((2, 4, 8, 8, 3)), tmp_path / "nope.pt")
