@@ -20,6 +20,7 @@ setup(
         "datasets",
         "imageio",
         "imageio-ffmpeg",
+        "av",
         "pytorch_optimizer",
         "einops",
         "sentencepiece",
