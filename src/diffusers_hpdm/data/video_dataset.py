@@ -99,6 +99,8 @@ class VideoTextDataset(Dataset):
         seed (`int`): the temporal crop of item i in epoch e depends only on ``(seed, e, i)`` (see `set_epoch`).
         random_temporal_crop (`bool`): random start if True, else the centred clip.
         label_names (`list[str]`, *optional*): when labels are strings, their index in this list is the label.
+        cache_frames (`bool`): keep every decoded video in memory (uint8) so each file is decoded once per process;
+            worth it for small datasets (2000 clips of 16x64x64 take ~400 MB), where decoding dominates a step.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class VideoTextDataset(Dataset):
         text_column: str = "text",
         label_column: str = "label",
         label_names: list[str] | None = None,
+        cache_frames: bool = False,
     ):
         if min(num_frames, height, width, frame_stride) < 1:
             raise ValueError(f"num_frames, height, width, frame_stride must be >= 1, got {num_frames, height, width}.")
@@ -126,6 +129,7 @@ class VideoTextDataset(Dataset):
         self.label_names = label_names
         self.epoch = 0
         self.skipped: dict[int, str] = {}  # index -> reason, for items decoded in this process
+        self._frames: dict[int, np.ndarray] | None = {} if cache_frames else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -171,7 +175,11 @@ class VideoTextDataset(Dataset):
         row = self.records[index]
         try:
             source, extension = self._source(row)
-            frames = read_frames(source, extension)
+            frames = self._frames.get(index) if self._frames is not None else None
+            if frames is None:
+                frames = read_frames(source, extension)
+                if self._frames is not None:
+                    self._frames[index] = frames
         except Exception as error:  # any decoder failure means "skip this file"
             message = str(error).strip().splitlines()
             self._skip(index, f"unreadable ({type(error).__name__}: {message[0] if message else ''})")
@@ -270,6 +278,7 @@ def load_video_dataset(
     media_column: str | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    cache_frames: bool = False,
 ) -> VideoTextDataset:
     r"""Open a video/text dataset for training.
 
@@ -326,6 +335,7 @@ def load_video_dataset(
         text_column=text_column,
         label_column=label_column,
         label_names=label_names,
+        cache_frames=cache_frames,
     )
 
 
