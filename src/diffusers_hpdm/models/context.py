@@ -6,8 +6,8 @@ Fusion before block ``b`` for level ``l > 0``::
     a_l  <- W [a_l ; ctx_l ; coords_l] + bias = W_a a_l + W_c ctx_l + W_p coords_l + bias   (eq. 9)
 
 Grid sampling and the mean are linear, so ``W_c ctx_l = mean_k grid_sample(W_c a_k)``. We therefore project each
-coarse level's activations once (``project_context``) and only *sample* the projected features. In training this
-saves one projection per (fine, coarse) pair; at inference it is what makes the cache cheap: a finished level's
+coarse level's activations once (``project_context``) and only *sample* the projected features. At inference this
+is what makes the cache cheap: a finished level's
 projected features are stored per block and per tile, and every later step of every finer tile only interpolates.
 """
 

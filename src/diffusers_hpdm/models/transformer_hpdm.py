@@ -325,7 +325,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             context: level forward at ``level > 0``: the ``LevelContext`` of every coarser level (deep/shallow
                 fusion); see ``compute_context``.
             context_indices: per coarser level, ``(N,)`` index of the cached tile each tile reads; default: the
-                nested chain of most-centred containers (``geometry.context_chain``).
+                nested chain of most-centred containers (``geometry.context_chain``). Pass them whenever the cache
+                holds several videos or guidance streams: the default matches boxes only and takes the first.
         """
         if hidden_states.ndim == 6:
             out = self._forward_joint(

@@ -14,7 +14,7 @@ TEMPLATE = """---
 # {title}
 
 A [Hierarchical Patch Diffusion Model](https://arxiv.org/abs/2406.07792) (HPDM, CVPR 2024) for text/class-to-video
-generation in pixel space, packaged for 🧨 Diffusers with [`diffusers_hpdm`](https://github.com/).
+generation in pixel space, packaged for 🧨 Diffusers with the `diffusers_hpdm` package.
 
 {description}
 
@@ -77,9 +77,10 @@ def write_model_card(
     is_text = bool(cfg.get("text_embed_dim"))
     data = ModelCardData(
         library_name="diffusers",
-        pipeline_tag="text-to-video" if is_text else "unconditional-image-generation",
+        pipeline_tag="text-to-video" if is_text else None,
         license="apache-2.0",
-        tags=["diffusers", "diffusers_hpdm", "hpdm", "video-generation", "patch-diffusion", "pixel-space"],
+        tags=["diffusers", "diffusers_hpdm", "hpdm", "video-generation", "patch-diffusion", "pixel-space"]
+        + ([] if is_text else ["class-conditional"]),
         base_model=base_model,
         datasets=datasets,
     )

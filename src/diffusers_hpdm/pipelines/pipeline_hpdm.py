@@ -132,7 +132,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 negative_prompt = [negative_prompt] * prompt_embeds.shape[0]
             negative_prompt_embeds, negative_prompt_attention_mask = encode(negative_prompt)
         if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
-            negative_prompt_attention_mask = torch.ones(negative_prompt_embeds.shape[:2], dtype=torch.bool)
+            negative_prompt_attention_mask = torch.ones(
+                negative_prompt_embeds.shape[:2], dtype=torch.bool, device=negative_prompt_embeds.device
+            )
         rep = lambda t: None if t is None else t.repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
         return rep(prompt_embeds), rep(prompt_attention_mask), rep(negative_prompt_embeds), rep(negative_prompt_attention_mask)
 
@@ -176,7 +178,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 stream_ids = torch.cat([stream_ids, stream_ids + B])
             reps = len(stream_ids) // len(batch)
             tile_ids = torch.tensor(tiles * reps)
-            x_in = (c_in * x).repeat(reps, 1, 1, 1, 1)
+            x_in = (c_in * x).repeat(reps, 1, 1, 1, 1).to(self.transformer.dtype)
             t = c_noise.expand(len(tile_ids)).to(canvas.device)
             kw = streams.take(stream_ids)
             if context is None and level > 0:  # reference path: recompute the coarse chain at every step
@@ -216,7 +218,8 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         noisy = canvas + sigma * randn_tensor(canvas.shape, generator=generator, device=canvas.device, dtype=canvas.dtype)
         _, _, c_in, c_noise = (torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma))
         all_tiles = c_in * torch.stack([tiler.extract(noisy, [v] * n_tiles, range(n_tiles)) for v in range(B)])
-        return all_tiles[streams.video], c_noise.to(canvas.device), tiler.boxes().to(canvas.device)
+        inputs = all_tiles[streams.video].to(self.transformer.dtype)
+        return inputs, c_noise.to(canvas.device), tiler.boxes().to(canvas.device)
 
     def _context_pass(self, ctx_inputs, level, streams, chain, context, tile_batch_size) -> LevelContext:
         """Record the context of every tile of a finished level for every stream (tiles ordered stream-major)."""
@@ -336,13 +339,16 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             self.scheduler.set_timesteps(num_inference_steps, level=level, device=device, level_steps=level_steps)
             timesteps = self.scheduler.timesteps
             shape = (num_videos, cfg.in_channels, *sizes[level])
-            latents = self.prepare_latents(shape, self.scheduler.init_noise_sigma, tm.dtype, device, generator)
+            # The canvas and the scheduler stay in (at least) fp32 whatever the transformer's dtype: bf16 lives only
+            # inside the model, never in the fused canvas or the sampling trajectory.
+            canvas_dtype = torch.promote_types(torch.float32, tm.dtype)
+            latents = self.prepare_latents(shape, self.scheduler.init_noise_sigma, canvas_dtype, device, generator)
 
             # 4. Denoising loop: fuse the tiles' denoised estimates, one scheduler step on the whole canvas
             with self.progress_bar(total=len(timesteps)) as progress_bar:
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
-                        continue
+                        break
                     latents = self.scheduler.churn(latents, generator=generator)
                     sigma = self.scheduler.current_sigma
                     denoised = self._denoise_canvas(
@@ -358,6 +364,8 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                     step_count += 1
                     progress_bar.update()
             levels_out.append(latents)
+            if self.interrupt:
+                break  # finer levels are not started: the output is the last level reached
 
             # 5. Context pass over the finished level for the finer ones
             if level < last_level and cfg.context_fusion != "none":

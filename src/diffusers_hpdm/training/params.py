@@ -1,0 +1,35 @@
+"""Parameters that never receive a gradient, found with one probe step and frozen before wrapping.
+
+Adaptive computation makes some parameters structurally unused in training: with ``levels_per_block[b] == 1`` block
+``b`` runs level 0 only, so its context-fusion projection is never called (and a 1-level base uses no fusion at all).
+Left trainable, they break distributed training in three ways: DDP waits forever for their gradients (or needs
+``find_unused_parameters=True`` on every step), FSDP2 checkpoints have no optimizer state for them and refuse to
+load, and optimizers disagree on whether to weight-decay them. Freezing them keeps every parameter in the model, in
+``save_pretrained`` and in the EMA (whose average of a constant is that constant), and leaves the optimizer with
+exactly the parameters that learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def unused_parameters(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor]) -> list[str]:
+    """Names of trainable parameters whose gradient is ``None`` after ``loss_fn(model).backward()``.
+
+    Gradients are cleared afterwards. Run it on the unwrapped model, before ``accelerator.prepare``.
+    """
+    model.zero_grad(set_to_none=True)
+    loss_fn(model).backward()
+    names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return names
+
+
+def freeze_parameters(model: torch.nn.Module, names: list[str]) -> None:
+    """``requires_grad_(False)`` on the named parameters."""
+    named = dict(model.named_parameters())
+    for name in names:
+        named[name].requires_grad_(False)
