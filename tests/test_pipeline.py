@@ -27,7 +27,9 @@ def tiny_model(**kw) -> HPDMTransformer:
 @pytest.fixture(scope="module")
 def pipe():
     tok = build_word_tokenizer(PROMPTS + ["blurry"])
-    p = HierarchicalPatchPipeline(tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok)
+    p = HierarchicalPatchPipeline(
+        tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
+    )
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -35,7 +37,11 @@ def pipe():
 def run(pipe, prompt=PROMPTS[0], seed=0, **kw):
     kw.setdefault("num_inference_steps", 2)
     kw.setdefault("output_type", "pt")
-    gen = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt))] if isinstance(prompt, list) else torch.Generator().manual_seed(seed)
+    gen = (
+        [torch.Generator().manual_seed(seed + i) for i in range(len(prompt))]
+        if isinstance(prompt, list)
+        else torch.Generator().manual_seed(seed)
+    )
     return pipe(prompt, generator=kw.pop("generator", gen), **kw)
 
 
@@ -55,7 +61,11 @@ class PositionOracle(HPDMTransformer):
     def forward(self, hidden_states, timestep, boxes, level=None, context=None, context_indices=None, **kw):
         sigma = torch.exp(4 * timestep.double())[:, None, None, None, None]
         sd = 0.5
-        c_in, c_skip, c_out = 1 / (sigma**2 + sd**2).sqrt(), sd**2 / (sigma**2 + sd**2), -sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in, c_skip, c_out = (
+            1 / (sigma**2 + sd**2).sqrt(),
+            sd**2 / (sigma**2 + sd**2),
+            -sigma * sd / (sigma**2 + sd**2).sqrt(),
+        )
         x = hidden_states.double() / c_in
         n, _, f, h, w = x.shape
         axes = [(torch.arange(k, dtype=torch.float64) + 0.5) / k for k in (f, h, w)]
@@ -126,11 +136,19 @@ def test_reproducible_and_independent_of_batching_and_offload(pipe):
     assert (run(pipe, tile_batch_size=4, offload_context=True).frames - ref).abs().max() <= 1e-5
     # Two prompts in one call (one generator each) == one call per prompt.
     both = run(pipe, PROMPTS, tile_batch_size=4).frames
-    second = pipe(PROMPTS[1], generator=torch.Generator().manual_seed(1), num_inference_steps=2, output_type="pt", tile_batch_size=4).frames
+    second = pipe(
+        PROMPTS[1],
+        generator=torch.Generator().manual_seed(1),
+        num_inference_steps=2,
+        output_type="pt",
+        tile_batch_size=4,
+    ).frames
     assert (both[0] - ref[0]).abs().max() <= 1e-5 and (both[1] - second[0]).abs().max() <= 1e-5
     # num_videos_per_prompt with a generator list == separate calls.
     gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(7)]
-    multi = pipe(PROMPTS[0], num_videos_per_prompt=2, generator=gens, num_inference_steps=2, output_type="pt", tile_batch_size=4).frames
+    multi = pipe(
+        PROMPTS[0], num_videos_per_prompt=2, generator=gens, num_inference_steps=2, output_type="pt", tile_batch_size=4
+    ).frames
     other = run(pipe, seed=7, tile_batch_size=4).frames
     assert (multi[0] - ref[0]).abs().max() <= 1e-5 and (multi[1] - other[0]).abs().max() <= 1e-5
 
@@ -205,7 +223,9 @@ def test_one_transformer_call_per_tile_batch_per_step(pipe, guidance):
 def test_save_load_round_trip_and_model_card(pipe, tmp_path):
     ref = run(pipe).frames
     pipe.save_pretrained(tmp_path)
-    card = write_model_card(tmp_path, repo_id="me/hpdm-tiny", example_prompt=PROMPTS[0], metrics={"colour accuracy": 1.0})
+    card = write_model_card(
+        tmp_path, repo_id="me/hpdm-tiny", example_prompt=PROMPTS[0], metrics={"colour accuracy": 1.0}
+    )
     loaded = HierarchicalPatchPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert torch.equal(run(loaded).frames, ref)

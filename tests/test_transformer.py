@@ -129,7 +129,10 @@ def test_adaptive_computation_block_counts_and_flops():
     assert abs(ratio / (12 / 18) - 1) < 0.05, ratio
 
 
-@pytest.mark.parametrize("fusion,detach,expect_grad", [("deep", False, True), ("deep", True, False), ("none", False, False), ("shallow", False, True)])
+@pytest.mark.parametrize(
+    "fusion,detach,expect_grad",
+    [("deep", False, True), ("deep", True, False), ("none", False, False), ("shallow", False, True)],
+)
 def test_context_gradient_flows_from_fine_loss_to_coarse_input(fusion, detach, expect_grad):
     model = make(context_fusion=fusion, detach_context=detach).train()
     boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=torch.Generator().manual_seed(0))
@@ -154,7 +157,10 @@ def test_expanded_base_reproduces_level0_bit_exactly():
     with torch.no_grad():
         ref = base(x[:, :1], t[:, :1], boxes[:, :1], **cond).sample
         assert torch.equal(big(x[:, :1], t[:, :1], boxes[:, :1], **cond).sample, ref)
-        assert torch.equal(big(x[:, 0], t[:, 0], boxes[:, 0], level=0, **cond).sample, base(x[:, 0], t[:, 0], boxes[:, 0], level=0, **cond).sample)
+        assert torch.equal(
+            big(x[:, 0], t[:, 0], boxes[:, 0], level=0, **cond).sample,
+            base(x[:, 0], t[:, 0], boxes[:, 0], level=0, **cond).sample,
+        )
         torch.testing.assert_close(big(x, t, boxes, **cond).sample[:, :1], ref, atol=1e-6, rtol=0)
     # New levels start as a pass-through of their own activations.
     for f in big.fusion:
@@ -206,7 +212,9 @@ def test_conditioning_null_and_masking():
         # Dropping the conditioning makes the output independent of the prompt and label.
         drop = torch.ones(2, dtype=torch.bool)
         d1 = model(x, t, boxes, drop_conditioning=drop, **cond).sample
-        d2 = model(x, t, boxes, drop_conditioning=drop, **cond2 | {"class_labels": cond["class_labels"].flip(0)}).sample
+        d2 = model(
+            x, t, boxes, drop_conditioning=drop, **cond2 | {"class_labels": cond["class_labels"].flip(0)}
+        ).sample
         torch.testing.assert_close(d1, d2, atol=1e-6, rtol=0)
         assert not torch.allclose(d1, a, atol=1e-4)
 
@@ -231,7 +239,13 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="class_labels"):
         model(torch.randn(1, 3, 3, *TINY["patch_size"]), torch.randn(1, 3), torch.rand(1, 3, 6))
     with pytest.raises(ValueError, match="context"):
-        model(torch.randn(2, 3, *TINY["patch_size"]), torch.randn(2), torch.rand(2, 6), level=1, class_labels=torch.zeros(2))
+        model(
+            torch.randn(2, 3, *TINY["patch_size"]),
+            torch.randn(2),
+            torch.rand(2, 6),
+            level=1,
+            class_labels=torch.zeros(2),
+        )
 
 
 @pytest.mark.parametrize("name", ["hpdm-s", "hpdm-t2v", "tiny", "tiny-t2v", "tiny-t2v-4"])
@@ -241,7 +255,13 @@ def test_presets_build_with_table8_geometry(name):
             model = HPDMTransformer.from_preset(name)
     else:
         model = HPDMTransformer.from_preset(name)
-    expected_final = {"hpdm-s": (64, 256, 256), "hpdm-t2v": (64, 288, 512), "tiny": (16, 64, 64), "tiny-t2v": (16, 64, 64), "tiny-t2v-4": (64, 288, 512)}
+    expected_final = {
+        "hpdm-s": (64, 256, 256),
+        "hpdm-t2v": (64, 288, 512),
+        "tiny": (16, 64, 64),
+        "tiny-t2v": (16, 64, 64),
+        "tiny-t2v-4": (64, 288, 512),
+    }
     assert model.level_sizes[-1] == expected_final[name]
     if name == "hpdm-s":
         # Appendix table 8 lists 178M parameters for HPDM-S; our block layout lands in the same range.

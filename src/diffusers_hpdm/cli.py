@@ -1,8 +1,8 @@
 """``hpdm``: generate videos, make the synthetic dataset, evaluate a model.
 
-    hpdm generate "a red circle moving right slowly on a gray background" --model models/hpdm-shapes-demo --out v.mp4
-    hpdm make-dataset data/synthetic --num-videos 2000
-    hpdm evaluate --model models/hpdm-shapes-demo --num-videos 64 --out eval.json
+hpdm generate "a red circle moving right slowly on a gray background" --model models/hpdm-shapes-demo --out v.mp4
+hpdm make-dataset data/synthetic --num-videos 2000
+hpdm evaluate --model models/hpdm-shapes-demo --num-videos 64 --out eval.json
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def cmd_generate(args) -> int:
             overlap_axes=tuple(args.overlap),
             blending=args.blending,
             tile_batch_size=args.tile_batch_size,
+            context_sigma=args.context_sigma,
+            num_levels=args.num_levels,
+            offload_context=args.offload_context,
             generator=torch.Generator().manual_seed(args.seed),
             return_levels=True,
         )
@@ -79,7 +82,14 @@ def cmd_evaluate(args) -> int:
 
     pipe = _load_pipeline(args.model, args.bf16)
     report = evaluate_pipeline(
-        pipe, num_videos=args.num_videos, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed
+        pipe,
+        num_videos=args.num_videos,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        overlap_axes=tuple(args.overlap),
+        blending=args.blending,
+        context_sigma=args.context_sigma,
     )
     print(json.dumps(report["summary"], indent=2))
     if args.out:
@@ -100,14 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, default=32, help="level-0 steps (halved at every finer level)")
-    g.add_argument("--guidance", type=float, default=2.0)
+    g.add_argument("--guidance", type=float, default=3.0)
     g.add_argument("--num-frames", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--overlap", default="fhw", help="axes with 50%% tile overlap, e.g. 'hw'")
     g.add_argument("--blending", default="uniform", choices=["uniform", "smooth"])
-    g.add_argument("--tile-batch-size", type=int, default=64)
+    g.add_argument("--tile-batch-size", type=int, default=16)
     g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--context-sigma", type=float, default=0.1, help="re-noising of finished levels for the context")
+    g.add_argument("--num-levels", type=int, default=None, help="stop after this many pyramid levels")
+    g.add_argument("--offload-context", action="store_true", help="keep the context cache on the CPU")
     g.add_argument("--bf16", action="store_true", help="run the transformer in bfloat16")
     g.set_defaults(func=cmd_generate)
 
@@ -125,9 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument("--num-videos", type=int, default=64)
     e.add_argument("--steps", type=int, default=32)
-    e.add_argument("--guidance", type=float, default=2.0)
+    e.add_argument("--guidance", type=float, default=3.0)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bf16", action="store_true")
+    e.add_argument("--overlap", default="fhw", help="axes with 50%% tile overlap")
+    e.add_argument("--blending", default="uniform", choices=["uniform", "smooth"])
+    e.add_argument("--context-sigma", type=float, default=0.1)
     e.add_argument("--out", default=None, help="write the full report as JSON")
     e.set_defaults(func=cmd_evaluate)
     return p

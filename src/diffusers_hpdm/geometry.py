@@ -149,15 +149,20 @@ def crop_resize(canvas: torch.Tensor, box: torch.Tensor, canvas_box: torch.Tenso
     size = torch.tensor(canvas.shape[-3:], dtype=torch.float64)
     off_px = rel[:, :3].double() * size
     len_px = rel[:, 3:].double() * size
-    aligned = (
-        torch.allclose(off_px, off_px.round(), atol=1e-4)
-        and torch.allclose(len_px, torch.tensor(out_size, dtype=torch.float64).expand_as(len_px), atol=1e-4)
+    aligned = torch.allclose(off_px, off_px.round(), atol=1e-4) and torch.allclose(
+        len_px, torch.tensor(out_size, dtype=torch.float64).expand_as(len_px), atol=1e-4
     )
     if aligned:
         o = off_px.round().long()
         return torch.stack(
             [
-                canvas[i, :, o[i, 0] : o[i, 0] + out_size[0], o[i, 1] : o[i, 1] + out_size[1], o[i, 2] : o[i, 2] + out_size[2]]
+                canvas[
+                    i,
+                    :,
+                    o[i, 0] : o[i, 0] + out_size[0],
+                    o[i, 1] : o[i, 1] + out_size[1],
+                    o[i, 2] : o[i, 2] + out_size[2],
+                ]
                 for i in range(canvas.shape[0])
             ]
         )

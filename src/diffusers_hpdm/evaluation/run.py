@@ -23,7 +23,9 @@ def evaluation_prompts(num_videos: int) -> list[str]:
     for i in range(num_videos):
         colour, shape, direction = triples[i % len(triples)]
         speed, background = styles[(i // len(triples)) % len(styles)]
-        prompts.append(caption(dict(colour=colour, shape=shape, direction=direction, speed=speed, background=background)))
+        prompts.append(
+            caption(dict(colour=colour, shape=shape, direction=direction, speed=speed, background=background))
+        )
     return prompts
 
 
@@ -31,12 +33,13 @@ def evaluate_pipeline(
     pipe,
     num_videos: int = 64,
     num_inference_steps: int = 32,
-    guidance_scale: float = 2.0,
+    guidance_scale: float = 3.0,
     seed: int = 0,
     batch_size: int = 8,
     overlap_axes: tuple[str, ...] = AXES,
     blending: str = "uniform",
     prompts: list[str] | None = None,
+    **pipe_kwargs,
 ) -> dict:
     """Generate ``num_videos`` held-out videos (video ``i`` from seed ``seed + i``) and score them.
 
@@ -44,7 +47,7 @@ def evaluate_pipeline(
         ``{"summary": {...}, "videos": [{prompt, seed}...]}``. The summary holds prompt-following accuracy per
         attribute at every level, the finest level's seam score (gradient energy on tile borders / elsewhere, at the
         tile borders of the finest level's plan), PSNR of each level against the next finer one downsampled, and the
-        mean temporal flicker.
+        mean temporal flicker. ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``).
     """
     prompts = prompts or evaluation_prompts(num_videos)
     levels: list[list[np.ndarray]] | None = None
@@ -60,6 +63,7 @@ def evaluate_pipeline(
             blending=blending,
             return_levels=True,
             output_type="np",
+            **pipe_kwargs,
         )
         if levels is None:
             levels = [[] for _ in out.levels]
@@ -85,5 +89,8 @@ def evaluate_pipeline(
         "temporal_flicker": float(np.mean([temporal_flicker(v) for v in final])),
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,
+        "overlap_axes": list(overlap_axes),
+        "blending": blending,
+        **{k: v for k, v in pipe_kwargs.items() if isinstance(v, int | float | str | list)},
     }
     return {"summary": summary, "videos": [{"prompt": p, "seed": seed + i} for i, p in enumerate(prompts)]}

@@ -426,7 +426,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
                 raise ValueError(f"Level {level} needs the `context` of levels 0..{level - 1} (see compute_context).")
             context = context[:level]
             if context_indices is None:
-                context_indices = context_chain([c.boxes for c in context] + [boxes.to(context[0].boxes.device)], level)
+                context_indices = context_chain(
+                    [c.boxes for c in context] + [boxes.to(context[0].boxes.device)], level
+                )
         dtype = x.dtype
         coords = self._coords(boxes, dtype)
         ctx_pixels = None

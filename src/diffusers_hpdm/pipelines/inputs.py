@@ -52,7 +52,11 @@ def check_inputs(
         raise ValueError(f"Got {len(class_labels)} `class_labels` for {batch} prompts; give one per prompt.")
     if isinstance(negative_prompt, list) and len(negative_prompt) != batch:
         raise ValueError(f"Got {len(negative_prompt)} negative prompts for {batch} prompts; give one per prompt.")
-    if negative_prompt_embeds is not None and prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape:
+    if (
+        negative_prompt_embeds is not None
+        and prompt_embeds is not None
+        and negative_prompt_embeds.shape != prompt_embeds.shape
+    ):
         raise ValueError("`negative_prompt_embeds` must have the same shape as `prompt_embeds`.")
 
     # sizes and levels
@@ -62,7 +66,9 @@ def check_inputs(
         matches = [i for i, s in enumerate(sizes) if s == target]
         if not matches:
             valid = ", ".join(f"num_frames={f}, height={h}, width={w}" for f, h, w in sizes)
-            raise ValueError(f"Size {target} (frames, height, width) is not a level of this pyramid; use one of: {valid}.")
+            raise ValueError(
+                f"Size {target} (frames, height, width) is not a level of this pyramid; use one of: {valid}."
+            )
         last = matches[0]
     else:
         last = len(sizes) - 1
@@ -100,5 +106,7 @@ def check_inputs(
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
     bad = [k for k in callback_tensor_inputs if k not in pipe._callback_tensor_inputs]
     if bad:
-        raise ValueError(f"`callback_on_step_end_tensor_inputs` {bad} unknown; allowed: {pipe._callback_tensor_inputs}.")
+        raise ValueError(
+            f"`callback_on_step_end_tensor_inputs` {bad} unknown; allowed: {pipe._callback_tensor_inputs}."
+        )
     return batch, last, class_labels

@@ -80,7 +80,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         super().__init__()
-        self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
+        )
         self.video_processor = VideoProcessor(do_resize=False)
 
     @property
@@ -136,7 +138,12 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 negative_prompt_embeds.shape[:2], dtype=torch.bool, device=negative_prompt_embeds.device
             )
         rep = lambda t: None if t is None else t.repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
-        return rep(prompt_embeds), rep(prompt_attention_mask), rep(negative_prompt_embeds), rep(negative_prompt_attention_mask)
+        return (
+            rep(prompt_embeds),
+            rep(prompt_attention_mask),
+            rep(negative_prompt_embeds),
+            rep(negative_prompt_attention_mask),
+        )
 
     def _streams(self, embeds, mask, neg_embeds, neg_mask, labels, num_videos, device) -> _Streams:
         videos = torch.arange(num_videos, device=device)
@@ -164,7 +171,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
     def _denoise_canvas(self, canvas, sigma, level, tiler, streams, chain, context, ctx_inputs, tile_batch_size):
         """Fused denoised estimate ``(B, C, F, H, W)`` of the whole canvas at ``sigma``: every tile, batched."""
         B, n_tiles, S = canvas.shape[0], len(tiler), len(streams.video)
-        c_skip, c_out, c_in, c_noise = (torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma))
+        c_skip, c_out, c_in, c_noise = (
+            torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma)
+        )
         acc = tiler.new_accumulator(canvas)
         boxes = tiler.boxes().to(canvas.device)
         items = [(v, j) for v in range(B) for j in range(n_tiles)]
@@ -215,7 +224,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         context) -> scaled tile inputs ``(S, n_tiles, C, f, h, w)``, their ``c_noise`` and the tile boxes."""
         B, n_tiles = canvas.shape[0], len(tiler)
         sigma = context_sigma * self.scheduler.noise_shift**level
-        noisy = canvas + sigma * randn_tensor(canvas.shape, generator=generator, device=canvas.device, dtype=canvas.dtype)
+        noisy = canvas + sigma * randn_tensor(
+            canvas.shape, generator=generator, device=canvas.device, dtype=canvas.dtype
+        )
         _, _, c_in, c_noise = (torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma))
         all_tiles = c_in * torch.stack([tiler.extract(noisy, [v] * n_tiles, range(n_tiles)) for v in range(B)])
         inputs = all_tiles[streams.video].to(self.transformer.dtype)
@@ -234,8 +245,13 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             idx = [chain[k][j_ids] + s_ids * context[k].boxes.shape[0] // S for k in range(level)] if level else None
             parts.append(
                 self.transformer.compute_context(
-                    inputs[s_ids, j_ids], c_noise.expand(len(batch)), boxes[j_ids], level=level,
-                    context=context, context_indices=idx, **streams.take(s_ids),
+                    inputs[s_ids, j_ids],
+                    c_noise.expand(len(batch)),
+                    boxes[j_ids],
+                    level=level,
+                    context=context,
+                    context_indices=idx,
+                    **streams.take(s_ids),
                 )  # fmt: skip
             )
         return LevelContext.concat(parts)
@@ -346,7 +362,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
 
             # 4. Denoising loop: fuse the tiles' denoised estimates, one scheduler step on the whole canvas
             with self.progress_bar(total=len(timesteps)) as progress_bar:
-                for i, t in enumerate(timesteps):
+                for t in timesteps:
                     if self.interrupt:
                         break
                     latents = self.scheduler.churn(latents, generator=generator)
