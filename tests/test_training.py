@@ -1,0 +1,392 @@
+"""Training utilities and the example script (fast: CPU, tiny models, single process).
+
+Multi-process runs (DDP / FSDP2 over gloo) are in ``test_training_slow.py``.
+"""
+
+import importlib.util
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_optimizer import Lamb as ReferenceLamb
+from safetensors.torch import load_file
+
+from diffusers_hpdm import HPDMScheduler
+from diffusers_hpdm.data import generate_dataset
+from diffusers_hpdm.geometry import box_contains, extract_patches
+from diffusers_hpdm.models.transformer_hpdm import HPDMTransformerOutput
+from diffusers_hpdm.training import (
+    EMA,
+    TRAINING_STATE_NAME,
+    Lamb,
+    ShardedBatchSampler,
+    atomic_checkpoint,
+    clip_grad_norm_,
+    hpdm_loss,
+    latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    remove_incomplete,
+    resolve_checkpoint,
+    sample_generators,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PATCH, GROWTH, LEVELS = (2, 8, 8), (2, 2, 2), 3
+# A model small enough for a few optimizer steps per second on one CPU thread.
+MICRO = {
+    "patch_size": [2, 8, 8],
+    "num_levels": 2,
+    "tokenizer_patch": [1, 4, 4],
+    "token_dim": 16,
+    "latent_dim": 32,
+    "num_latents": 8,
+    "num_blocks": 2,
+    "num_compute_layers": 1,
+    "num_heads": 2,
+    "levels_per_block": [1, 2],
+    "text_embed_dim": 16,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Config(dict):
+    __getattr__ = dict.__getitem__
+
+
+class OracleModel(torch.nn.Module):
+    """Stands in for the transformer: reads sigma back from ``c_noise``, the clean patches from the boxes, and
+    returns the exact v target (or records its inputs)."""
+
+    def __init__(self, scheduler, videos, mode="oracle"):
+        super().__init__()
+        self.config = _Config(num_levels=LEVELS, patch_size=PATCH, level_growth=GROWTH)
+        self.scheduler, self.videos, self.mode, self.calls = scheduler, videos, mode, []
+
+    def forward(
+        self, x_in, timestep, boxes, encoder_hidden_states, encoder_attention_mask, class_labels, drop_conditioning
+    ):
+        self.calls.append(dict(timestep=timestep, boxes=boxes, drop=drop_conditioning, x_in=x_in))
+        if self.mode != "oracle":
+            return HPDMTransformerOutput(sample=torch.zeros_like(x_in))
+        sigma = torch.exp(4 * timestep.double())  # c_noise = log(sigma) / 4
+        x0 = extract_patches(self.videos.double(), boxes, PATCH)
+        c_in = self.scheduler.broadcast_sigma(self.scheduler.precondition(sigma)[2], x0)
+        noise = (x_in.double() / c_in - x0) / self.scheduler.broadcast_sigma(sigma, x0)
+        return HPDMTransformerOutput(sample=self.scheduler.training_target(x0, noise, sigma).float())
+
+
+def _videos(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f, h, w = (p * g_ ** (LEVELS - 1) for p, g_ in zip(PATCH, GROWTH))
+    return torch.rand(batch, 3, f, h, w, generator=g) * 2 - 1
+
+
+def test_loss_is_zero_when_the_model_outputs_the_exact_v_target():
+    scheduler = HPDMScheduler(level_growth=GROWTH)
+    videos = _videos(3)
+    model = OracleModel(scheduler, videos)
+    out = hpdm_loss(model, scheduler, videos, None, None, None, sample_generators(0, 0, range(3)))
+    assert out.level_losses.shape == (LEVELS,)
+    assert out.loss.item() < 1e-8
+    # ... and a model that outputs zeros pays the target's energy on every level
+    zero = hpdm_loss(OracleModel(scheduler, videos, "zeros"), scheduler, videos, None, None, None, torch.Generator())
+    assert (zero.level_losses > 0.05).all() and torch.isclose(zero.loss, zero.level_losses.sum())
+
+
+def test_loss_draws_nested_boxes_and_sigmas_shifted_per_level():
+    scheduler = HPDMScheduler(level_growth=GROWTH)
+    B = 400
+    videos = _videos(B)
+    model = OracleModel(scheduler, videos, "zeros")
+    hpdm_loss(model, scheduler, videos, None, None, None, torch.Generator().manual_seed(0), cond_drop_prob=0.25)
+    call = model.calls[0]
+    log_sigma = 4 * call["timestep"]  # (B, L)
+    shift = math.log(scheduler.noise_shift)  # sqrt(8): all three axes double
+    for level in range(1, LEVELS):
+        assert abs((log_sigma[:, level] - log_sigma[:, 0]).mean().item() - level * shift) < 0.3
+    assert abs(log_sigma[:, 0].mean().item() - scheduler.config.p_mean) < 0.25
+    boxes = call["boxes"]
+    assert torch.equal(boxes[:, 0], torch.tensor([0.0, 0, 0, 1, 1, 1]).expand(B, 6))
+    assert box_contains(boxes[:, :-1], boxes[:, 1:]).all()  # level l inside level l-1
+    assert 0.15 < call["drop"].float().mean().item() < 0.35
+
+
+def test_loss_randomness_is_per_sample():
+    """With one generator per sample, splitting a batch (over processes) draws exactly the same per sample."""
+    scheduler = HPDMScheduler(level_growth=GROWTH)
+    videos = _videos(4)
+    whole_model = OracleModel(scheduler, videos, "zeros")
+    whole = hpdm_loss(whole_model, scheduler, videos, None, None, None, sample_generators(3, 5, range(4)))
+    halves = []
+    for lo in (0, 2):
+        model = OracleModel(scheduler, videos[lo : lo + 2], "zeros")
+        halves.append(
+            hpdm_loss(
+                model, scheduler, videos[lo : lo + 2], None, None, None, sample_generators(3, 5, range(lo, lo + 2))
+            )
+        )
+        assert torch.equal(model.calls[0]["x_in"], whole_model.calls[0]["x_in"][lo : lo + 2])
+    assert torch.equal(torch.cat([h.sigmas for h in halves]), whole.sigmas)
+    assert torch.equal(torch.cat([h.boxes for h in halves]), whole.boxes)
+    assert torch.allclose((halves[0].loss + halves[1].loss) / 2, whole.loss, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LAMB, clipping, EMA
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight_decouple": False}, {"adam": True}, {"weight_decay": 0.0}])
+def test_lamb_matches_pytorch_optimizer(kwargs):
+    ours, ref = _mlp(), _mlp()
+    kwargs = {"weight_decay": 0.01, **kwargs}
+    opt, ref_opt = Lamb(ours.parameters(), lr=5e-3, **kwargs), ReferenceLamb(ref.parameters(), lr=5e-3, **kwargs)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        x = torch.randn(5, 8, generator=g)
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            model(x).pow(2).mean().backward()
+            o.step()
+            o.zero_grad()
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        # float64 norm accumulation (sharding-independent) vs float32: equal up to an ulp of the trust ratio
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(opt.state[p]["exp_avg"], ref_opt.state[q]["exp_avg"], rtol=1e-5, atol=1e-9)
+    assert not torch.equal(next(ours.parameters()), next(_mlp().parameters()))
+
+
+def test_clip_grad_norm_matches_torch():
+    a, b = _mlp(), _mlp()
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    for m in (a, b):
+        (m(x).pow(2).sum() * 50).backward()
+    total = clip_grad_norm_(a.parameters(), 1.0)
+    ref_total = torch.nn.utils.clip_grad_norm_(b.parameters(), 1.0)
+    assert total.item() > 1.0
+    torch.testing.assert_close(total.float(), ref_total, rtol=1e-6, atol=0)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_ema_half_life_every_parameter_and_round_trip(tmp_path):
+    model = _mlp()
+    model[2].bias.requires_grad_(False)  # frozen parameters are tracked too (their average is themselves)
+    ema = EMA(model, half_life=3.0, rampup_ratio=None)
+    assert ema.beta(1) == pytest.approx(0.5 ** (1 / 3))
+    expected = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * (step + 1))
+        ema.update(model)
+        beta = 0.5 ** (1 / 3)
+        for n, p in model.named_parameters():
+            expected[n] = beta * expected[n] + (1 - beta) * p.detach()
+    state = ema.state_dict()
+    for n, _ in model.named_parameters():
+        torch.testing.assert_close(state["shadow"][n], expected[n], rtol=1e-6, atol=1e-7)
+    # ramp-up (EDM): a short run's half-life grows with the step count
+    assert EMA(model, half_life=1000, rampup_ratio=0.05).beta(20) == pytest.approx(0.5)
+    # round trip through safetensors; a model with other parameters is refused
+    ema.save(tmp_path)
+    other = EMA(_mlp())
+    other.load(tmp_path)
+    assert other.step == 4 and all(torch.equal(other.shadow[n], ema.shadow[n]) for n in ema.names)
+    target = _mlp()
+    other.copy_to(target)
+    assert all(torch.equal(p, ema.shadow[n]) for n, p in target.named_parameters())
+    with pytest.raises(ValueError, match="differ"):
+        ema.update(torch.nn.Linear(8, 3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data order and checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_sharded_sampler_matches_one_process_and_resumes():
+    one = ShardedBatchSampler(23, batch_size=4, num_replicas=1, seed=5)
+    two = [ShardedBatchSampler(23, batch_size=2, num_replicas=2, rank=r, seed=5) for r in range(2)]
+    for epoch in (0, 1):
+        one.set_epoch(epoch)
+        for s in two:
+            s.set_epoch(epoch)
+        whole = list(one)
+        split = [a + b for a, b in zip(*[list(s) for s in two])]
+        assert whole == split and len(whole) == len(one) == 5
+    one.set_epoch(0)
+    first = list(one)
+    one.set_epoch(1)
+    assert list(one) != first  # a new order each epoch
+    resumed = ShardedBatchSampler(23, batch_size=4, seed=5)
+    resumed.load_state_dict({"epoch": 0, "start_batch": 3, "seed": 5})
+    assert list(resumed) == first[3:]
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ShardedBatchSampler(3, batch_size=2, num_replicas=2)
+
+
+def _write_checkpoint(root, step, content=b"x"):
+    with atomic_checkpoint(root, step) as tmp:
+        (tmp / "weights.bin").write_bytes(content)
+        (tmp / TRAINING_STATE_NAME).write_text(json.dumps({"global_step": step}))
+
+
+def test_atomic_checkpoints_latest_and_pruning(tmp_path):
+    for step in (2, 10, 4):
+        _write_checkpoint(tmp_path, step)
+    (tmp_path / "checkpoint-12.tmp").mkdir()  # an interrupted save
+    (tmp_path / "checkpoint-11").mkdir()  # a foreign folder without training state
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4, 10]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-10"
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-10"
+    assert resolve_checkpoint(tmp_path, "checkpoint-4").name == "checkpoint-4"
+    assert resolve_checkpoint(tmp_path, None) is None and resolve_checkpoint(tmp_path / "empty", "latest") is None
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_checkpoint(tmp_path, "checkpoint-12.tmp")
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["checkpoint-2"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 10]
+    assert [p.name for p in remove_incomplete(tmp_path)] == ["checkpoint-12.tmp"]
+    _write_checkpoint(tmp_path, 10, b"new")  # re-saving a step replaces it
+    assert (tmp_path / "checkpoint-10" / "weights.bin").read_bytes() == b"new"
+    with pytest.raises(RuntimeError, match="incomplete"), atomic_checkpoint(tmp_path, 20):
+        pass  # no training_state.json: never committed
+    assert latest_checkpoint(tmp_path).name == "checkpoint-10"
+
+
+def _killed_writer(root, ready):
+    _write_checkpoint(root, 1)
+    with atomic_checkpoint(root, 2) as tmp:
+        (tmp / "weights.bin").write_bytes(b"half")
+        ready.set()
+        signal.pause()  # SIGKILLed here, mid-write
+
+
+def test_sigkill_while_writing_a_checkpoint_loses_nothing(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_killed_writer, args=(tmp_path, ready))
+    proc.start()
+    assert ready.wait(60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    assert (tmp_path / "checkpoint-2.tmp" / "weights.bin").exists()
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-1"
+    _write_checkpoint(tmp_path, 2)  # the next run redoes the step
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The example script, in process (single process, CPU)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    spec = importlib.util.spec_from_file_location("train_t2v", ROOT / "examples" / "train_t2v.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("data"), num_videos=8, num_frames=4, height=16, width=16)
+
+
+def _run(script, data, out, *extra):
+    torch.set_num_threads(1)
+    args = [
+        "--train_data_dir", str(data), "--video_size", "4", "16", "16", "--model_overrides", json.dumps(MICRO),
+        "--output_dir", str(out), "--train_batch_size", "2", "--seed", "0", "--logging_steps", "1",
+        "--validation_prompts", "--checkpoints_total_limit", "10", *extra,
+    ]  # fmt: skip
+    script.main(script.parse_args(args))
+
+
+def test_resume_is_exact(train_script, micro_data, tmp_path):
+    """6 steps straight == 3 steps, then a new process state resumed from the checkpoint, then 3 more."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _run(train_script, micro_data, straight, "--max_train_steps", "6", "--checkpointing_steps", "3")
+    _run(
+        train_script, micro_data, resumed, "--max_train_steps", "6", "--checkpointing_steps", "3",
+        "--resume_from_checkpoint", str(straight / "checkpoint-3"), "--seed", "123",  # the checkpoint's seed wins
+        "--validation_prompts", "a purple hexagon",  # new words: the offline text encoder comes from the checkpoint
+    )  # fmt: skip
+    a, b = straight / "checkpoint-6", resumed / "checkpoint-6"
+    for name in ("model.safetensors", "ema.safetensors"):
+        x, y = load_file(a / name), load_file(b / name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    x, y = (torch.load(p / "optimizer.bin", weights_only=False) for p in (a, b))
+    assert x["param_groups"][0]["step"] == y["param_groups"][0]["step"] == 6
+    for key in x["state"]:
+        for s in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(x["state"][key][s], y["state"][key][s])
+    assert torch.load(a / "scheduler.bin", weights_only=False) == torch.load(b / "scheduler.bin", weights_only=False)
+    sa, sb = (json.loads((p / TRAINING_STATE_NAME).read_text()) for p in (a, b))
+    assert sa == sb and sa["seed"] == 0
+    # The EMA moved away from the initial weights on every trainable parameter, and the pipeline holds the EMA.
+    ema, first = load_file(a / "ema.safetensors"), load_file(straight / "checkpoint-3" / "ema.safetensors")
+    assert sum(not torch.equal(ema[k], first[k]) for k in ema) >= len(ema) - 2  # fusion.0 is never used
+    final = load_file(straight / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(final[k], ema[k]) for k in ema)
+    assert (straight / "README.md").read_text().startswith("---")
+    assert (a / "text_encoder" / "config.json").is_file() and (resumed / "validation" / "step-6" / "00.mp4").is_file()
+
+
+def test_corrupted_video_is_skipped_and_counted(train_script, micro_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(micro_data, data)
+    (data / "videos" / "000003.mp4").write_bytes(b"not a video at all")
+    caplog.set_level(logging.INFO)
+    _run(train_script, data, tmp_path / "out", "--max_train_steps", "4", "--checkpointing_steps", "4")
+    text = caplog.text
+    assert "Skipped 1 unusable item(s) in this batch (1 in total)" in text
+    assert "skipped items: 1" in text
+    state = json.loads((tmp_path / "out" / "checkpoint-4" / TRAINING_STATE_NAME).read_text())
+    assert state["num_skipped"] == 1 and state["global_step"] == 4
+
+
+def test_low_resolution_base_then_pyramid(train_script, micro_data, tmp_path):
+    """--num_levels 1 trains a base on downsampled videos; --pretrained_base grows it and fine-tunes, reusing its text
+    encoder, and starts from a model whose level 0 is the base's."""
+    from diffusers_hpdm import HierarchicalPatchPipeline
+
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    _run(train_script, micro_data, base, "--num_levels", "1", "--max_train_steps", "2", "--checkpointing_steps", "2")
+    base_pipe = HierarchicalPatchPipeline.from_pretrained(base)
+    assert base_pipe.transformer.config.num_levels == 1 and base_pipe.transformer.level_sizes == [(2, 8, 8)]
+    _run(
+        train_script, micro_data, tuned, "--pretrained_base", str(base), "--num_levels", "2",
+        "--max_train_steps", "1", "--checkpointing_steps", "1", "--learning_rate", "1e-12",
+    )  # fmt: skip
+    pipe = HierarchicalPatchPipeline.from_pretrained(tuned)
+    assert pipe.transformer.config.num_levels == 2 and pipe.transformer.levels_per_block == [1, 2]
+    for (name, p), q in zip(pipe.text_encoder.named_parameters(), base_pipe.text_encoder.parameters()):
+        assert torch.equal(p, q), name
+    # One step at a negligible learning rate: level 0 still computes what the base computed.
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 1, 3, 2, 8, 8, generator=g), torch.randn(1, 1, generator=g)
+    box = torch.tensor([[[0.0, 0, 0, 1, 1, 1]]])
+    cond = dict(encoder_hidden_states=torch.randn(1, 4, 16, generator=g), encoder_attention_mask=torch.ones(1, 4))
+    with torch.no_grad():
+        a = base_pipe.transformer(x, timestep=t, boxes=box, **cond).sample
+        b = pipe.transformer(x, timestep=t, boxes=box, **cond).sample
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
