@@ -19,8 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 BASE_ARGS = [
-    "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "80",
-    "--checkpointing_steps", "350", "--logging_steps", "50",
+    "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "150",
+    "--checkpointing_steps", "1000", "--logging_steps", "100",
 ]  # fmt: skip
 FINETUNE_ARGS = [
     "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "20", "--ema_half_life", "60",
@@ -39,8 +39,8 @@ def main() -> int:
     p.add_argument("--output_dir", default="models/hpdm-shapes-demo")
     p.add_argument("--data_dir", default="data/shapes")
     p.add_argument("--num_videos", type=int, default=2000)
-    p.add_argument("--base_steps", type=int, default=700)
-    p.add_argument("--finetune_steps", type=int, default=400)
+    p.add_argument("--base_steps", type=int, default=1500)
+    p.add_argument("--finetune_steps", type=int, default=300)
     p.add_argument("--work_dir", default="outputs/demo-training")
     p.add_argument("--eval_videos", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
