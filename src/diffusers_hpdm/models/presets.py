@@ -46,19 +46,7 @@ PRESETS: dict[str, dict] = {
         levels_per_block=[1, 1, 2, 2, 3, 3],
         num_classes=10,
     ),
-    "tiny-t2v": dict(
-        patch_size=(4, 16, 16),
-        num_levels=3,
-        tokenizer_patch=(1, 4, 4),
-        token_dim=64,
-        latent_dim=128,
-        num_latents=32,
-        num_blocks=6,
-        num_compute_layers=2,
-        num_heads=4,
-        levels_per_block=[1, 1, 2, 2, 3, 3],
-        text_embed_dim=64,
-    ),
+    "tiny-t2v": None,  # filled below: "tiny" with 64-wide text conditioning instead of classes
     # The text-to-video geometry (8x36x64 patches, 1x3x4 tokens, 4 levels) at a width a CPU can run.
     "tiny-t2v-4": dict(
         patch_size=(8, 36, 64),
@@ -74,3 +62,5 @@ PRESETS: dict[str, dict] = {
         text_embed_dim=64,
     ),
 }
+
+PRESETS["tiny-t2v"] = {**PRESETS["tiny"], "num_classes": None, "text_embed_dim": 64}
