@@ -19,11 +19,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 BASE_ARGS = [
-    "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "150",
+    "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "250",
     "--checkpointing_steps", "1000", "--logging_steps", "100",
 ]  # fmt: skip
 FINETUNE_ARGS = [
-    "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "20", "--ema_half_life", "60",
+    "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "20", "--ema_half_life", "100",
     "--checkpointing_steps", "200", "--logging_steps", "25",
 ]  # fmt: skip
 
@@ -39,8 +39,8 @@ def main() -> int:
     p.add_argument("--output_dir", default="models/hpdm-shapes-demo")
     p.add_argument("--data_dir", default="data/shapes")
     p.add_argument("--num_videos", type=int, default=2000)
-    p.add_argument("--base_steps", type=int, default=1500)
-    p.add_argument("--finetune_steps", type=int, default=300)
+    p.add_argument("--base_steps", type=int, default=2500)
+    p.add_argument("--finetune_steps", type=int, default=800)
     p.add_argument("--work_dir", default="outputs/demo-training")
     p.add_argument("--eval_videos", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -80,7 +80,8 @@ def finish_card(args, summary: dict) -> None:
         f"moving-shapes dataset (`hpdm make-dataset {args.data_dir} --num-videos {args.num_videos}`): a 1-level "
         f"base at 4x16x16 for {args.base_steps} steps (batch 16), expanded to 3 levels with "
         f"`HPDMTransformer.from_base` and fine-tuned for {args.finetune_steps} steps (batch 8). "
-        f"LAMB lr 5e-3, wd 0.01, cosine schedule, EMA, conditioning dropout 0.1, fp32.\n\n"
+        f"LAMB lr 5e-3, wd 0.01 (biases, norms and the zero-initialised output head without weight decay or layer "
+        f"adaptation), cosine schedule, EMA, conditioning dropout 0.1, fp32.\n\n"
         f"Base: `{' '.join(BASE_ARGS)}`; fine-tune: `{' '.join(FINETUNE_ARGS)}`."
     )
     write_model_card(

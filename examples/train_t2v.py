@@ -47,6 +47,7 @@ from diffusers_hpdm.training import (
     clip_grad_norm_,
     enable_cpu_fsdp,
     freeze_parameters,
+    lamb_param_groups,
     hpdm_loss,
     prune_checkpoints,
     remove_incomplete,
@@ -523,7 +524,7 @@ def main(args: argparse.Namespace) -> None:
 
     # 5. Optimizer (LAMB), schedule, Accelerate, EMA
     optimizer = Lamb(
-        [p for p in transformer.parameters() if p.requires_grad],
+        lamb_param_groups(transformer, args.weight_decay),
         lr=args.learning_rate,
         betas=tuple(args.lamb_betas),
         weight_decay=args.weight_decay,

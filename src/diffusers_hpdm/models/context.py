@@ -5,7 +5,7 @@ Fusion before block ``b`` for level ``l > 0``::
     ctx_l = mean_{k<l} grid_sample_3d(a_k, relative_box(l in k))          (eq. 7, 8)
     a_l  <- W [a_l ; ctx_l ; coords_l] + bias = W_a a_l + W_c ctx_l + W_p coords_l + bias   (eq. 9)
 
-Grid sampling and the mean are linear, so ``W_c ctx_l = mean_k grid_sample(W_c a_k)``. We therefore project each
+Trilinear sampling and the mean are linear, so ``W_c ctx_l = mean_k grid_sample(W_c a_k)``. We therefore project each
 coarse level's activations once (``project_context``) and only *sample* the projected features. At inference this
 is what makes the cache cheap: a finished level's
 projected features are stored per block and per tile, and every later step of every finer tile only interpolates.
@@ -48,9 +48,45 @@ class DeepContextFusion(nn.Module):
         return F.linear(a, w[:, : self.dim]) + ctx_proj + F.linear(coords, w[:, 2 * self.dim :], self.proj.bias)
 
 
+def interpolation_matrix(rel_boxes: torch.Tensor, axis: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, size, size)`` two-tap linear-interpolation matrices that read, along ``axis``, the ``size`` token centres
+    of ``rel_boxes`` ``(N, 6)`` from a ``size``-long axis of the sampled patch: ``grid_sample``'s arithmetic along
+    one axis (``align_corners=False``, border padding = clamped positions), built in float64."""
+    centres = (torch.arange(size, dtype=torch.float64, device=rel_boxes.device) + 0.5) / size
+    start, extent = rel_boxes[:, axis : axis + 1].double(), rel_boxes[:, 3 + axis : 4 + axis].double()
+    pos = ((start + extent * centres) * size - 0.5).clamp(0, size - 1)  # (N, size) in source voxel units
+    lo = pos.floor().long().clamp(max=size - 1)
+    hi = (lo + 1).clamp(max=size - 1)
+    frac = pos - lo
+    m = torch.zeros(rel_boxes.shape[0], size, size, dtype=torch.float64, device=rel_boxes.device)
+    m.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
+    m.scatter_add_(2, hi[..., None], frac[..., None])
+    return m.to(dtype)
+
+
 def sample_boxes(features: torch.Tensor, rel_boxes: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Trilinearly read ``features`` ``(N, T_c, d)`` (token grid ``grid``) at the token centres of ``rel_boxes``
-    ``(N, 6)`` (relative to each feature patch) -> ``(N, T, d)``. Border padding outside ``[0, 1]``."""
+    """Trilinearly read ``features`` ``(N, T, d)`` (token grid ``grid``, tokens in ``(f h w)`` order) at the token
+    centres of ``rel_boxes`` ``(N, 6)`` (relative to each feature patch) -> ``(N, T, d)``. Border padding outside
+    ``[0, 1]``.
+
+    Equal to ``F.grid_sample(..., mode="bilinear", padding_mode="border", align_corners=False)`` on the same grid
+    (``geometry.box_sampling_grid``), but computed as three batched matmuls with per-axis two-tap matrices: a box's
+    sampling grid is separable. On CPU this is 3-5x faster than ``grid_sampler_3d`` in fp32, far more in bf16, and
+    needs no transposed copy of the features (tests/test_transformer.py checks the equality).
+    """
+    n, _, d = features.shape
+    f, h, w = grid
+    mf, mh, mw = (interpolation_matrix(rel_boxes, a, grid[a], features.dtype) for a in range(3))
+    x = torch.bmm(mf, features.reshape(n, f, h * w * d)).reshape(n, f, h, w * d)  # along f
+    x = torch.matmul(mh[:, None], x).reshape(n, f, h, w, d)  # along h
+    x = torch.matmul(mw[:, None, None], x)  # along w
+    return x.reshape(n, f * h * w, d)
+
+
+def sample_boxes_grid_sample(
+    features: torch.Tensor, rel_boxes: torch.Tensor, grid: tuple[int, int, int]
+) -> torch.Tensor:
+    """Reference implementation of [`sample_boxes`] with ``F.grid_sample`` (kept for tests and benchmarks)."""
     f, h, w = grid
     n, _, d = features.shape
     vol = features.transpose(1, 2).reshape(n, d, f, h, w)  # (N, d, f, h, w)

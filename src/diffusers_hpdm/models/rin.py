@@ -30,12 +30,12 @@ def _attention(query_dim: int, kv_dim: int | None, heads: int, qk_norm: str | No
 class ComputeLayer(nn.Module):
     """Self-attention over the latents (keys also include the conditioning tokens) and an MLP."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: str | None):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: str | None, activation_fn: str = "gelu"):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim)
         self.attn = _attention(dim, None, heads, qk_norm)
         self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+        self.mlp = FeedForward(dim, mult=mlp_ratio, activation_fn=activation_fn)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor, cond_bias: torch.Tensor | None) -> torch.Tensor:
         h = self.norm_attn(z)  # (N, M, D)
@@ -55,6 +55,7 @@ class RINBlock(nn.Module):
         num_compute_layers: int,
         mlp_ratio: float = 4.0,
         qk_norm: str | None = "rms_norm",
+        activation_fn: str = "gelu",
     ):
         super().__init__()
         token_heads = max(1, num_heads * token_dim // latent_dim)
@@ -63,18 +64,21 @@ class RINBlock(nn.Module):
         self.read_norm_x = nn.LayerNorm(token_dim)
         self.read_attn = _attention(latent_dim, token_dim, num_heads, qk_norm)
         self.read_norm_mlp = nn.LayerNorm(latent_dim)
-        self.read_mlp = FeedForward(latent_dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+        self.read_mlp = FeedForward(latent_dim, mult=mlp_ratio, activation_fn=activation_fn)
         # compute: latents (+ conditioning tokens)
         self.cond_norm = nn.LayerNorm(latent_dim)
         self.compute = nn.ModuleList(
-            [ComputeLayer(latent_dim, num_heads, mlp_ratio, qk_norm) for _ in range(num_compute_layers)]
+            [
+                ComputeLayer(latent_dim, num_heads, mlp_ratio, qk_norm, activation_fn)
+                for _ in range(num_compute_layers)
+            ]
         )
         # write: tokens <- latents
         self.write_norm_x = nn.LayerNorm(token_dim)
         self.write_norm_z = nn.LayerNorm(latent_dim)
         self.write_attn = _attention(token_dim, latent_dim, token_heads, qk_norm)
         self.write_norm_mlp = nn.LayerNorm(token_dim)
-        self.write_mlp = FeedForward(token_dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+        self.write_mlp = FeedForward(token_dim, mult=mlp_ratio, activation_fn=activation_fn)
 
     def forward(
         self,

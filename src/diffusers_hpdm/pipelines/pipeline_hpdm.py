@@ -386,7 +386,8 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             # 5. Context pass over the finished level for the finer ones
             if level < last_level and cfg.context_fusion != "none":
                 inputs = self._context_inputs(latents, level, tiler, streams, context_sigma, generator)
-                ctx_inputs.append(inputs)
+                # Only the uncached path re-reads the re-noised inputs at every finer step; the cache replaces them.
+                ctx_inputs.append(None if cache_context else inputs)
                 if cache_context:
                     ctx = self._context_pass(inputs, level, streams, chain, context, tile_batch_size)
                     context.append(ctx.to("cpu") if offload_context else ctx)

@@ -16,7 +16,7 @@ from .fsdp_cpu import enable_cpu_fsdp
 from .lamb import Lamb
 from .loss import HPDMLossOutput, hpdm_loss
 from .norms import clip_grad_norm_
-from .params import freeze_parameters, unused_parameters
+from .params import freeze_parameters, lamb_param_groups, unused_parameters
 from .rng import sample_generators, stream_seed
 from .sampler import ShardedBatchSampler
 
@@ -31,6 +31,7 @@ __all__ = [
     "clip_grad_norm_",
     "enable_cpu_fsdp",
     "freeze_parameters",
+    "lamb_param_groups",
     "hpdm_loss",
     "latest_checkpoint",
     "list_checkpoints",

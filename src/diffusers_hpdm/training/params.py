@@ -33,3 +33,25 @@ def freeze_parameters(model: torch.nn.Module, names: list[str]) -> None:
     named = dict(model.named_parameters())
     for name in names:
         named[name].requires_grad_(False)
+
+
+def lamb_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """LAMB parameter groups as in LAMB's reference setup (You et al., 2020; BERT): biases and normalisation gains
+    (every parameter with fewer than 2 dimensions) get no weight decay and no layer adaptation (trust ratio 1), and
+    so do zero-initialised output layers (``model._zero_init_parameters``).
+
+    Why it matters: the trust ratio ``||w|| / ||u||`` makes every update a fixed fraction (~lr) of the parameter's
+    own norm. A parameter that starts at zero takes one unscaled step of size ~lr and then grows by ~lr (0.5% at
+    5e-3) per step: biases and the zero-initialised output head stay near zero for thousands of steps, and the
+    model cannot learn the per-pixel noise prediction low noise levels need.
+    """
+    zero_init = set(getattr(model, "_zero_init_parameters", ()))
+    adapted, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (plain if p.ndim < 2 or name in zero_init else adapted).append(p)
+    groups = [{"params": adapted, "weight_decay": weight_decay}]
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0, "adam": True})
+    return groups
