@@ -29,7 +29,7 @@ lint: $(STAMP)
 # The main job: a video (and a contact sheet of every level) from the bundled model.
 demo: $(STAMP)
 	$(PY) -m diffusers_hpdm.cli generate "$(DEMO_PROMPT)" --model $(DEMO_MODEL) \
-		--out outputs/demo.mp4 --contact-sheet outputs/demo_levels.png
+		--out outputs/demo.mp4 --contact-sheet outputs/demo_levels.png --detect
 
 # Retrain the bundled model from scratch (see docs/training.md), then evaluate it and refresh its model card.
 train-demo: $(STAMP)

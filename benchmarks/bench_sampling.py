@@ -10,15 +10,16 @@ Sections (every ratio is measured interleaved in this one run, median over repea
 
 a. cached vs uncached context (``cache_context=True/False``, same seed; frames must match);
 b. throughput vs ``tile_batch_size`` (1, 4, 16, 64, all tiles);
-c. bf16 vs fp32 (``pipe.to(torch.bfloat16)``; fp32 weights under ``torch.autocast``; bf16 with the context
-   interpolated in fp32 -- a proposed fix), PSNR of the frames against fp32;
+c. bf16 vs fp32 (``pipe.to(torch.bfloat16)``; fp32 weights under ``torch.autocast``), PSNR of the frames against
+   fp32; the same for the previous implementation (``grid_sample`` context lookup + tanh GELU, ``variants.py``), and
+   for it with the lookup run in fp32;
 d. fraction of this machine's matmul peak (a large fp32 matmul, same run) reached by sampling's FLOPs
    (``FlopCounterMode`` over a whole call), plus how much of the time the matmul kernels themselves take;
 e. time breakdown of the finest level: transformer blocks, context lookup, fusion projection, tile fusion, scheduler,
    tokenizer/conditioning/head, everything else;
 f. intra-op threads: 1 vs 2 on this shared 2-core machine;
-g. proposed src/ speed fixes (``proposed.py``, benchmark-local patches): exact GELU, separable-matmul context
-   lookup, context computed once per level.
+g. the code as is vs its previous implementation (``grid_sample`` context lookup, tanh GELU; each alone and both)
+   and vs the still-proposed "context once per level" (``variants.py``, switched inside the benchmark).
 
     .venv/bin/python benchmarks/bench_sampling.py            # N=4, 3 repeats: ~11 min on 2 shared cores
     .venv/bin/python benchmarks/bench_sampling.py --no-wide  # without the 2x wider model: ~8 min
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import sys
 import time
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from common import (  # noqa: E402
+    RESULTS,
     count_flops,
     interleave,
     matmul_peak_gflops,
@@ -48,7 +51,7 @@ from common import (  # noqa: E402
     setup_threads,
     table,
 )
-from proposed import applied  # noqa: E402
+from variants import PREVIOUS, applied  # noqa: E402
 
 import diffusers_hpdm.models.transformer_hpdm as tmod  # noqa: E402
 from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler, HPDMTransformer  # noqa: E402
@@ -59,6 +62,8 @@ from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer  #
 
 PROMPT = "a red circle moving right slowly on a gray background"
 DEMO = Path(__file__).resolve().parents[1] / "models" / "hpdm-shapes-demo"
+WIDE = dict(token_dim=128, latent_dim=256, num_latents=64, num_heads=4)  # tiny-t2v 2x wider
+SECTIONS = "abcdefg"
 
 
 def build_pipe(std: float = 0.02, preset: str = "tiny-t2v", **overrides) -> HierarchicalPatchPipeline:
@@ -72,7 +77,13 @@ def build_pipe(std: float = 0.02, preset: str = "tiny-t2v", **overrides) -> Hier
 
 
 def load_demo() -> HierarchicalPatchPipeline | None:
+    """The bundled demo, unless it is missing or its checkpoint does not fit the current model definition."""
     if not DEMO.exists():
+        return None
+    _, info = HPDMTransformer.from_pretrained(DEMO / "transformer", output_loading_info=True)
+    stale = info["missing_keys"] + info["unexpected_keys"]
+    if stale:
+        print(f"{DEMO.name} does not match the current model ({stale}): using random weights", flush=True)
         return None
     pipe = HierarchicalPatchPipeline.from_pretrained(str(DEMO))
     pipe.set_progress_bar_config(disable=True)
@@ -94,8 +105,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def patched(p, steps, fixes: tuple[str, ...], **kw) -> torch.Tensor:
-    with applied(p.transformer, fixes):
+def patched(p, steps, variants: tuple[str, ...], **kw) -> torch.Tensor:
+    with applied(p.transformer, variants):
         return call(p, steps, **kw)
 
 
@@ -148,22 +159,26 @@ def section_bf16(pipe, steps: int, repeats: int, label: str, use_demo: bool = Tr
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out["autocast"] = call(fp32, steps)
 
+    # name: (pipeline, variants, the fp32 run it is compared with)
     variants = {
-        "fp32": (fp32, ()),
-        "bf16": (bf16, ()),
-        "bf16 + fp32 grid_sample (proposed)": (bf16, ("fp32_grid_sample",)),
-        "bf16 + separable context (proposed)": (bf16, ("separable_context",)),
-        "bf16 + separable context + exact gelu (proposed)": (bf16, ("separable_context", "exact_gelu")),
+        "fp32": (fp32, (), "fp32"),
+        "bf16": (bf16, (), "fp32"),
+        "fp32, previous": (fp32, PREVIOUS, "fp32, previous"),
+        "bf16, previous": (bf16, PREVIOUS, "fp32, previous"),
+        "bf16, previous + fp32 grid_sample": (bf16, ("fp32_grid_sample", "tanh_gelu"), "fp32, previous"),
     }
-    fns = {k: (lambda k=k, p=p, f=f: out.__setitem__(k, patched(p, steps, f))) for k, (p, f) in variants.items()}
+    fns = {k: (lambda k=k, p=p, v=v: out.__setitem__(k, patched(p, steps, v))) for k, (p, v, _) in variants.items()}
     fns["autocast"] = autocast
+    base = {k: b for k, (_, _, b) in variants.items()} | {"autocast": "fp32"}
     times = interleave(fns, repeats=repeats, warmup=1)
     rows = [
         {
             "variant": k,
             "median s": times[k]["median_s"],
-            "speedup vs fp32 (paired median)": paired_ratios(times, "fp32", k)["median_paired"],
-            "PSNR vs fp32 dB": psnr(out[k], out["fp32"]),
+            "vs": base[k],
+            "speedup vs that fp32 (paired median)": paired_ratios(times, base[k], k)["median_paired"],
+            "speedup vs fp32 as is": paired_ratios(times, "fp32", k)["median_paired"],
+            "PSNR vs that fp32 dB": psnr(out[k], out[base[k]]),
         }
         for k in fns
     ]
@@ -326,22 +341,22 @@ def section_threads(pipe, steps: int, repeats: int, base_threads: int) -> dict:
     return {"steps": steps, "times": times, "two_over_one": paired_ratios(times, "2 threads", "1 thread")}
 
 
-def section_fixes(pipe, steps: int, repeats: int) -> dict:
+def section_variants(pipe, steps: int, repeats: int) -> dict:
     variants = {
         "as is": (),
-        "exact gelu": ("exact_gelu",),
-        "separable context": ("separable_context",),
-        "context once per level": ("context_once_per_level",),
-        "all three": ("exact_gelu", "separable_context", "context_once_per_level"),
+        "previous (grid_sample + tanh GELU)": PREVIOUS,
+        "previous context lookup (grid_sample)": ("grid_sample_context",),
+        "previous GELU (tanh)": ("tanh_gelu",),
+        "context once per level (proposed)": ("context_once_per_level",),
     }
     out = {}
-    fns = {k: (lambda k=k, f=f: out.__setitem__(k, patched(pipe, steps, f))) for k, f in variants.items()}
+    fns = {k: (lambda k=k, v=v: out.__setitem__(k, patched(pipe, steps, v))) for k, v in variants.items()}
     times = interleave(fns, repeats=repeats, warmup=0)
     rows = [
         {
             "variant": k,
             "median s": times[k]["median_s"],
-            "speedup (paired median)": paired_ratios(times, "as is", k)["median_paired"],
+            "time / as is (paired median)": paired_ratios(times, k, "as is")["median_paired"],
             "max |frame diff|": (out[k] - out["as is"]).abs().max().item(),
         }
         for k in variants
@@ -358,14 +373,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="level-0 steps N (default 8, quick 4)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (1: see section f)")
-    ap.add_argument("--sections", default="abcdefg")
+    ap.add_argument("--sections", default=SECTIONS, help="a subset keeps the other sections' saved results")
     ap.add_argument("--no-wide", action="store_true", help="skip the 2x wider model in (c) and (d) (~3 min less)")
     args = ap.parse_args()
     threads = setup_threads(args.threads)
     steps = args.steps or (2 if args.quick else 4)
     repeats = args.repeats or (1 if args.quick else 3)
     pipe = build_pipe()
-    res: dict = {"quick": args.quick, "steps": steps, "repeats": repeats, "threads": threads}
+    name = "bench_sampling" + ("_quick" if args.quick else "")
+    saved = RESULTS / f"{name}.json"
+    res: dict = json.loads(saved.read_text()) if set(args.sections) < set(SECTIONS) and saved.exists() else {}
+    res.pop("machine", None)
+    res.update(quick=args.quick, steps=steps, repeats=repeats, threads=threads, sections_last_run=args.sections)
     tiles = [len(TiledCanvas(s, pipe.transformer.config.patch_size)) for s in pipe.transformer.level_sizes]
     res["tiles_per_level"] = tiles
     print(
@@ -387,7 +406,7 @@ def main() -> None:
     if "c" in args.sections:
         cs = res["bf16"] = [section_bf16(pipe, steps, repeats, "tiny-t2v, random weights (std 0.02 perturbation)")]
         if not args.quick and not args.no_wide:
-            wide = build_pipe(token_dim=128, latent_dim=256, num_latents=64, num_heads=4)
+            wide = build_pipe(**WIDE)
             cs.append(section_bf16(wide, 2, 2, "tiny-t2v x2 wide, random weights", use_demo=False))
         for c in cs:
             print(f"\n(c) bf16 vs fp32 ({c['model']}, N={c['steps']}; fp32 frames std {c['fp32_frame_std']:.3f})")
@@ -395,7 +414,7 @@ def main() -> None:
     if "d" in args.sections:
         d = res["peak"] = [section_peak(pipe, steps, repeats, "tiny-t2v (tokens 64, latents 32x128)")]
         if not args.quick and not args.no_wide:
-            wide = build_pipe(token_dim=128, latent_dim=256, num_latents=64, num_heads=4)
+            wide = build_pipe(**WIDE)
             d.append(section_peak(wide, 2, 2, "tiny-t2v x2 wide (tokens 128, latents 64x256), N=2"))
         print("\n(d) fraction of the fp32 matmul peak reached by sampling")
         cols = [
@@ -424,10 +443,10 @@ def main() -> None:
         )
     if "g" in args.sections:
         # 2N: the finest level then takes 2 steps, so a per-level context can be reused at least once
-        g = res["proposed_fixes"] = section_fixes(pipe, 2 * steps, max(3, repeats))
-        print(f"\n(g) proposed src fixes, fp32 (N={g['steps']})")
+        g = res["variants"] = section_variants(pipe, 2 * steps, max(3, repeats))
+        print(f"\n(g) as is vs previous and proposed implementations, fp32 (N={g['steps']})")
         print(table(g["rows"], list(g["rows"][0])), flush=True)
-    path = save("bench_sampling" + ("_quick" if args.quick else ""), res)
+    path = save(name, res)
     print(f"\nwrote {path}")
 
 

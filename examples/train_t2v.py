@@ -12,7 +12,7 @@ Low-resolution pre-training, then expansion to a pyramid (paper table 8)::
     accelerate launch --config_file examples/configs/fsdp.yaml examples/train_t2v.py \\
         --pretrained_base outputs/base --num_levels 3 --output_dir outputs/hpdm
 
-See ``examples/README.md`` for multi-process (DDP / FSDP2) runs, also on CPU.
+See ``docs/training.md`` for multi-process (DDP / FSDP2) runs, also on CPU.
 """
 
 from __future__ import annotations

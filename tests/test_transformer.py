@@ -78,11 +78,12 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
     "kw",
     [
         dict(text_embed_dim=16),
+        dict(text_embed_dim=16, output_modulation=True, activation_fn="gelu"),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
         dict(patch_size=(4, 12, 16), level_growth=(1, 2, 2), tokenizer_patch=(1, 3, 4), num_classes=3),
     ],
-    ids=["text", "class", "shallow", "nonsquare-growth122"],
+    ids=["text", "text-modulated", "class", "shallow", "nonsquare-growth122"],
 )
 def test_cached_level_forward_equals_joint_forward(kw):
     assert run_tiled_vs_joint(make(**kw)) <= 1e-5

@@ -64,7 +64,19 @@ def cmd_generate(args) -> int:
         sheet = contact_sheet([lv[0] for lv in result.levels])
         sheet.save(args.contact_sheet)
         print(f"wrote {args.contact_sheet} (one row per level, coarse to fine)")
+    if args.detect:
+        _print_detection(args.prompt, result.frames[0])
     return 0
+
+
+def _print_detection(prompt: str, video) -> None:
+    """What the synthetic-shapes detector reads back from the video, next to what the prompt asks for."""
+    from .data.synthetic import parse_prompt
+    from .evaluation.detector import detect_attributes
+
+    found, asked = detect_attributes(video), parse_prompt(prompt)
+    keys = [k for k in ("colour", "shape", "direction", "speed") if asked.get(k)]
+    print("detector (synthetic shapes): " + ", ".join(f"{k} {found[k]} (asked {asked[k]})" for k in keys))
 
 
 def cmd_make_dataset(args) -> int:
@@ -122,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-levels", type=int, default=None, help="stop after this many pyramid levels")
     g.add_argument("--offload-context", action="store_true", help="keep the context cache on the CPU")
     g.add_argument("--bf16", action="store_true", help="run the transformer in bfloat16")
+    g.add_argument(
+        "--detect", action="store_true", help="print the attributes the synthetic-shapes detector reads back"
+    )
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("make-dataset", help="write the synthetic moving-shapes text-to-video dataset")

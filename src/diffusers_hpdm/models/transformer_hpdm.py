@@ -69,10 +69,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         timestep_freq_dim: sinusoidal features of ``c_noise``.
         output_modulation: modulate the output head's normalisation by the noise level (DiT's adaLN-zero final
             layer). At low noise ``F`` must output the noise itself, scaled by ``~1/sigma``; a plain LayerNorm +
-            linear readout of the tokens cannot apply a noise-dependent gain and stalls there. ``False``: RIN's
-            plain readout.
-        activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). ``"gelu"`` (erf) is ~3x faster
-            than ``"gelu-approximate"`` (tanh) on CPU.
+            linear readout of the tokens cannot apply a noise-dependent gain. ``False`` (default, as in RIN): the
+            plain readout. The presets turn it on.
+        activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
+            ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
+            (saved before this option existed) computing what they were trained with.
     """
 
     _supports_gradient_checkpointing = True
@@ -104,8 +105,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         text_embed_dim: int | None = None,
         num_classes: int | None = None,
         timestep_freq_dim: int = 256,
-        output_modulation: bool = True,
-        activation_fn: str = "gelu",
+        output_modulation: bool = False,
+        activation_fn: str = "gelu-approximate",
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
