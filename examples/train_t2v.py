@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -29,14 +28,24 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.utils import export_to_video
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from train_t2v_args import DEFAULT_DATA_DIR, parse_args  # the script's folder is on sys.path
+from train_t2v_components import (
+    build_scheduler,
+    build_text_conditioning,
+    build_transformer,
+    default_video_size,
+    ema_pipeline,
+    load_dataset,
+    log_validation,
+    num_dataset_classes,
+    push_to_hub,
+    summarize,
+    write_card,
+)
 
-from diffusers_hpdm import PRESETS, HierarchicalPatchPipeline, HPDMScheduler, HPDMTransformer, write_model_card
-from diffusers_hpdm.data import collate_videos, generate_dataset, load_video_dataset
-from diffusers_hpdm.geometry import level_sizes
-from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
+from diffusers_hpdm.data import collate_videos, generate_dataset
 from diffusers_hpdm.training import (
     EMA,
     TRAINING_STATE_NAME,
@@ -47,8 +56,8 @@ from diffusers_hpdm.training import (
     clip_grad_norm_,
     enable_cpu_fsdp,
     freeze_parameters,
-    lamb_param_groups,
     hpdm_loss,
+    lamb_param_groups,
     prune_checkpoints,
     remove_incomplete,
     resolve_checkpoint,
@@ -57,337 +66,6 @@ from diffusers_hpdm.training import (
 )
 
 logger = get_logger(__name__, log_level="INFO")
-
-DEFAULT_DATA_DIR = "./data/synthetic"
-VALIDATION_STREAM = 7  # randomness stream of validation sampling (training uses stream 0)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Model
-    g = parser.add_argument_group("model")
-    g.add_argument("--preset", default="tiny-t2v", choices=sorted(PRESETS), help="Named HPDMTransformer config.")
-    g.add_argument(
-        "--pretrained_base",
-        default=None,
-        help="A saved pipeline (folder with transformer/) whose 1-level model is expanded to --num_levels and "
-        "fine-tuned (HPDMTransformer.from_base). Its text_encoder/ and tokenizer/ are reused when present.",
-    )
-    g.add_argument(
-        "--num_levels",
-        type=int,
-        default=None,
-        help="Pyramid levels. 1 trains a low-resolution base on downsampled videos (level 0 canvas = patch size). "
-        "Default: the preset's (or the base's).",
-    )
-    g.add_argument(
-        "--levels_per_block",
-        default=None,
-        help="Adaptive computation, comma-separated, one per block (e.g. 1,1,2,2,3,3). Default: the preset's when "
-        "its level count matches, else a ramp from 1 to --num_levels.",
-    )
-    g.add_argument(
-        "--model_overrides",
-        default=None,
-        help="JSON dict of HPDMTransformer config values overriding the preset, e.g. '{\"num_blocks\": 2}'.",
-    )
-    g.add_argument(
-        "--text_encoder",
-        default=None,
-        help="Folder with a transformers text encoder and its tokenizer (or a saved pipeline with text_encoder/ and "
-        "tokenizer/). Default: the base's, else a small T5 built offline from the dataset's captions.",
-    )
-    g.add_argument("--max_sequence_length", type=int, default=16, help="Caption tokens (padding/truncation).")
-    g.add_argument(
-        "--class_conditional",
-        action="store_true",
-        help="Condition on the dataset's `label` column instead of text (no text encoder).",
-    )
-    g.add_argument("--gradient_checkpointing", action="store_true", help="Recompute RIN blocks in the backward.")
-    # Noise
-    g = parser.add_argument_group("noise (scheduler)")
-    g.add_argument("--p_mean", type=float, default=-1.2, help="Mean of ln(sigma) at level 0 during training.")
-    g.add_argument("--p_std", type=float, default=1.2, help="Std of ln(sigma) during training.")
-    g.add_argument(
-        "--level_noise_shift",
-        type=float,
-        default=None,
-        help="Sigma multiplier per level (default sqrt(prod(level_growth))).",
-    )
-    # Data
-    g = parser.add_argument_group("data")
-    g.add_argument(
-        "--train_data_dir",
-        default=DEFAULT_DATA_DIR,
-        help="Folder with videos + metadata.jsonl/csv, a dataset saved with save_to_disk, or a Hub dataset. The "
-        f"default {DEFAULT_DATA_DIR} is generated (synthetic moving shapes) when missing.",
-    )
-    g.add_argument(
-        "--synthetic_num_videos", type=int, default=64, help="Videos to generate into the default data folder."
-    )
-    g.add_argument(
-        "--video_size",
-        type=int,
-        nargs=3,
-        default=None,
-        metavar=("F", "H", "W"),
-        help="Size videos are loaded at (frames height width). Default: the finest canvas of the full pyramid, "
-        "so a 1-level base sees the same antialiased level-0 patches as the model it will grow into.",
-    )
-    g.add_argument("--frame_stride", type=int, default=1, help="Keep every n-th source frame.")
-    g.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
-    g.add_argument(
-        "--cache_videos",
-        action="store_true",
-        help="Keep decoded videos in memory (uint8), decoding each file once per process: for small datasets.",
-    )
-    g.add_argument(
-        "--precompute_text_embeddings",
-        action="store_true",
-        help="Encode every caption once before training (frozen encoder) instead of every batch.",
-    )
-    # Optimization
-    g = parser.add_argument_group("optimization")
-    g.add_argument("--output_dir", default="./outputs/hpdm-tiny", help="Checkpoints, validation videos, pipeline.")
-    g.add_argument("--seed", type=int, default=None, help="Makes a single-process run deterministic.")
-    g.add_argument("--train_batch_size", type=int, default=4, help="Videos per process and step.")
-    g.add_argument("--max_train_steps", type=int, default=200, help="Optimizer steps.")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    g.add_argument("--learning_rate", type=float, default=5e-3, help="Peak LAMB learning rate (paper: 5e-3).")
-    g.add_argument("--lamb_betas", type=float, nargs=2, default=(0.9, 0.999), help="LAMB moment decays.")
-    g.add_argument("--lamb_eps", type=float, default=1e-6, help="LAMB epsilon.")
-    g.add_argument("--weight_decay", type=float, default=0.01, help="Decoupled weight decay (paper: 0.01).")
-    g.add_argument(
-        "--lr_scheduler",
-        default="cosine",
-        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
-        help="Schedule after the warm-up (diffusers.optimization.get_scheduler).",
-    )
-    g.add_argument("--lr_warmup_steps", type=int, default=20, help="Warm-up steps (paper: 5k-10k).")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping (0 disables).")
-    g.add_argument("--cond_drop_prob", type=float, default=0.1, help="Conditioning dropout for CFG (paper: 0.1).")
-    g.add_argument("--ema_half_life", type=float, default=500.0, help="EMA half-life in optimizer steps.")
-    g.add_argument(
-        "--ema_rampup_ratio",
-        type=float,
-        default=0.05,
-        help="EDM EMA ramp-up: half-life at most ratio * step (<= 0 disables).",
-    )
-    g.add_argument(
-        "--mixed_precision",
-        default=None,
-        choices=["no", "bf16"],
-        help="fp32 ('no', the paper's choice) or bf16 autocast. Default: the accelerate config's. fp16 is refused.",
-    )
-    g.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
-    g.add_argument("--cpu", action="store_true", help="Train on the CPU even when an accelerator is available.")
-    # Checkpoints, validation, logging
-    g = parser.add_argument_group("checkpoints, validation, logging")
-    g.add_argument("--checkpointing_steps", type=int, default=100, help="Save a resumable checkpoint every n steps.")
-    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep at most this many checkpoints.")
-    g.add_argument(
-        "--resume_from_checkpoint",
-        default=None,
-        help="'latest' (the newest complete checkpoint in --output_dir; start fresh when there is none) or a path.",
-    )
-    g.add_argument(
-        "--validation_prompts",
-        nargs="*",
-        default=["a red circle moving right slowly on a black background"],
-        help="Prompts sampled with the EMA weights at the end (and every --validation_steps). Empty to disable.",
-    )
-    g.add_argument(
-        "--validation_class_labels", type=int, nargs="*", default=[0], help="Class ids (class-conditional)."
-    )
-    g.add_argument("--validation_steps", type=int, default=None, help="Also validate every n steps.")
-    g.add_argument("--validation_inference_steps", type=int, default=8, help="Level-0 sampling steps.")
-    g.add_argument("--validation_guidance_scale", type=float, default=3.0, help="Classifier-free guidance.")
-    g.add_argument("--logging_steps", type=int, default=10, help="Print the mean loss every n steps.")
-    g.add_argument("--report_to", default=None, help="Accelerate trackers ('tensorboard', 'wandb', 'all').")
-    g.add_argument("--push_to_hub", action="store_true", help="Upload the final pipeline to the Hub.")
-    g.add_argument("--hub_model_id", default=None, help="Hub repository (default: the output folder's name).")
-    args = parser.parse_args(argv)
-
-    if args.num_levels is not None and args.num_levels < 1:
-        parser.error("--num_levels must be >= 1.")
-    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1 or args.max_train_steps < 1:
-        parser.error("--train_batch_size, --max_train_steps and --gradient_accumulation_steps must be >= 1.")
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        parser.error("--checkpoints_total_limit must be >= 1.")
-    return args
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Construction
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def default_levels_per_block(num_blocks: int, num_levels: int) -> list[int]:
-    """A ramp from 1 to ``num_levels`` over the blocks (e.g. 6 blocks, 3 levels -> 1,1,2,2,3,3)."""
-    ramp = [min(num_levels, 1 + b * num_levels // num_blocks) for b in range(num_blocks)]
-    ramp[-1] = num_levels
-    return ramp
-
-
-def load_text_encoder(path: str):
-    """``(tokenizer, encoder)`` from a pipeline folder (text_encoder/, tokenizer/) or a transformers folder."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
-
-    root = Path(path)
-    enc_dir, tok_dir = (
-        (root / "text_encoder", root / "tokenizer") if (root / "text_encoder").is_dir() else (root, root)
-    )
-    config = AutoConfig.from_pretrained(enc_dir)
-    cls = T5EncoderModel if config.model_type in ("t5", "umt5", "mt5") else AutoModel
-    return AutoTokenizer.from_pretrained(tok_dir), cls.from_pretrained(enc_dir)
-
-
-def encoder_width(text_encoder) -> int:
-    config = text_encoder.config
-    return getattr(config, "d_model", None) or config.hidden_size
-
-
-def build_text_conditioning(args, dataset, seed: int, resume: Path | None):
-    """``(tokenizer, text_encoder, built_here)``; ``(None, None, False)`` for class-conditional training.
-
-    ``built_here``: the small T5 was built offline from the captions (or restored from the checkpoint that holds it);
-    checkpoints then carry it, so a resumed run conditions on exactly the same encoder.
-    """
-    if args.class_conditional:
-        return None, None, False
-    if args.text_encoder:
-        return *load_text_encoder(args.text_encoder), False
-    if args.pretrained_base and (Path(args.pretrained_base) / "text_encoder").is_dir():
-        return *load_text_encoder(args.pretrained_base), False
-    if resume is not None and (resume / "text_encoder").is_dir():
-        return *load_text_encoder(resume), True
-    column = dataset.text_column
-    captions = list(dataset.records[column]) if column in dataset.records.column_names else []
-    tokenizer = build_word_tokenizer(captions + list(args.validation_prompts or []), args.max_sequence_length)
-    overrides = json.loads(args.model_overrides or "{}")
-    width = overrides.get("text_embed_dim") or PRESETS[args.preset].get("text_embed_dim") or 64
-    return tokenizer, build_tiny_text_encoder(tokenizer, d_model=width, seed=seed), True
-
-
-def num_dataset_classes(dataset) -> int:
-    if dataset.label_names:
-        return len(dataset.label_names)
-    if dataset.label_column not in dataset.records.column_names:
-        raise ValueError("--class_conditional needs a `label` column in the dataset metadata.")
-    labels = [int(float(v)) for v in dataset.records[dataset.label_column] if v is not None and v != ""]
-    if not labels or min(labels) < 0:
-        raise ValueError("--class_conditional needs a non-negative integer label on every item.")
-    return max(labels) + 1
-
-
-def build_transformer(args, text_encoder, num_classes: int | None) -> HPDMTransformer:
-    lpb = [int(v) for v in args.levels_per_block.split(",")] if args.levels_per_block else None
-    if args.pretrained_base:
-        base = HPDMTransformer.from_pretrained(args.pretrained_base, subfolder="transformer")
-        num_levels = args.num_levels or base.config.num_levels
-        if num_levels == base.config.num_levels and lpb is None:
-            return base  # continue training the base as it is
-        if text_encoder is not None and base.config.text_embed_dim != encoder_width(text_encoder):
-            raise ValueError(
-                f"The text encoder is {encoder_width(text_encoder)} wide but the base expects "
-                f"{base.config.text_embed_dim}: fine-tune with the base's own text encoder."
-            )
-        if base.config.num_levels != 1:
-            raise ValueError(f"--pretrained_base must be a 1-level model to expand, got {base.config.num_levels}.")
-        return HPDMTransformer.from_base(
-            base, num_levels, levels_per_block=lpb or default_levels_per_block(base.config.num_blocks, num_levels)
-        )
-    preset = PRESETS[args.preset]
-    overrides = json.loads(args.model_overrides or "{}")
-    config = {**preset, **overrides}
-    if args.num_levels is not None:
-        config["num_levels"] = args.num_levels
-    if lpb is None:  # keep the preset's adaptive computation when it fits this pyramid, else ramp from 1 to L
-        lpb = config.get("levels_per_block")
-        fits = lpb is not None and len(lpb) == config["num_blocks"] and lpb[-1] == config["num_levels"]
-        lpb = lpb if fits else default_levels_per_block(config["num_blocks"], config["num_levels"])
-    config["levels_per_block"] = lpb
-    if num_classes is not None:
-        config.update(num_classes=num_classes, text_embed_dim=None)
-    else:
-        config.update(num_classes=None, text_embed_dim=encoder_width(text_encoder))
-    return HPDMTransformer(**config)
-
-
-def build_scheduler(args, transformer: HPDMTransformer) -> HPDMScheduler:
-    if args.pretrained_base and (Path(args.pretrained_base) / "scheduler").is_dir():
-        return HPDMScheduler.from_pretrained(args.pretrained_base, subfolder="scheduler")
-    return HPDMScheduler(
-        p_mean=args.p_mean,
-        p_std=args.p_std,
-        level_growth=tuple(transformer.config.level_growth),
-        level_noise_shift=args.level_noise_shift,
-    )
-
-
-def default_video_size(args, transformer: HPDMTransformer) -> tuple[int, int, int]:
-    """The finest canvas of the full pyramid: the model's, or, when ``--num_levels`` trains a smaller pyramid than the
-    preset's (a base), the preset's — so a base sees the same antialiased level-0 patches as the model it grows into."""
-    cfg = transformer.config
-    full = {**PRESETS[args.preset], **json.loads(args.model_overrides or "{}")}["num_levels"]
-    levels = cfg.num_levels if args.pretrained_base else max(cfg.num_levels, full)
-    return tuple(level_sizes(cfg.patch_size, levels, cfg.level_growth)[-1])
-
-
-def load_dataset(args, seed: int, video_size):
-    f, h, w = video_size
-    return load_video_dataset(
-        args.train_data_dir,
-        num_frames=f,
-        height=h,
-        width=w,
-        frame_stride=args.frame_stride,
-        seed=seed,
-        cache_frames=args.cache_videos,
-    )
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Pipeline with EMA weights: validation and the final save
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def ema_pipeline(ema_state: dict, model_config: dict, scheduler, tokenizer, text_encoder) -> HierarchicalPatchPipeline:
-    """A pipeline whose transformer holds the EMA weights (``ema_state`` from ``EMA.state_dict()``: full tensors)."""
-    transformer = HPDMTransformer.from_config(model_config)
-    transformer.load_state_dict(ema_state["shadow"], strict=True)
-    return HierarchicalPatchPipeline(
-        transformer=transformer.eval(),
-        scheduler=HPDMScheduler.from_config(scheduler.config),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-    )
-
-
-def log_validation(pipe, args, accelerator, step: int, seed: int) -> list[str]:
-    """Sample the validation prompts (or class labels) and save them as mp4 under ``output_dir/validation``."""
-    pipe = pipe.to(accelerator.device)
-    pipe.set_progress_bar_config(disable=True)
-    conditions = args.validation_class_labels if args.class_conditional else args.validation_prompts
-    out_dir = Path(args.output_dir) / "validation" / f"step-{step}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    start = time.time()
-    for i, cond in enumerate(conditions):
-        generator = sample_generators(seed, step, [i], stream=VALIDATION_STREAM)[0]
-        kwargs = {"class_labels": [cond]} if args.class_conditional else {"prompt": cond}
-        frames = pipe(
-            **kwargs,
-            num_inference_steps=args.validation_inference_steps,
-            guidance_scale=args.validation_guidance_scale,
-            generator=generator,
-            output_type="np",
-        ).frames[0]
-        path = out_dir / f"{i:02d}.mp4"
-        export_to_video(list(frames), str(path), fps=8)
-        paths.append(str(path))
-    logger.info(f"Validation at step {step}: {len(paths)} video(s) in {out_dir} ({time.time() - start:.1f}s)")
-    return paths
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -690,54 +368,6 @@ def validate(args, accelerator, ema, model_config, noise_scheduler, tokenizer, t
         pipe = ema_pipeline(ema_state, model_config, noise_scheduler, tokenizer, text_encoder)
         log_validation(pipe, args, accelerator, step, seed)
     accelerator.wait_for_everyone()
-
-
-def summarize(history: list[tuple[int, float]], total_skipped: int) -> str:
-    if not history:
-        return f"No training step was run in this session; skipped items: {total_skipped}"
-    k = max(1, min(10, len(history) // 4))
-    first, last = history[:k], history[-k:]
-    mean = lambda xs: sum(v for _, v in xs) / len(xs)  # noqa: E731
-    return (
-        f"Mean loss {mean(first):.4f} over steps {first[0][0]}-{first[-1][0]} -> {mean(last):.4f} over steps "
-        f"{last[0][0]}-{last[-1][0]}; skipped items: {total_skipped}"
-    )
-
-
-def write_card(args, model_config: dict, summary: str, videos: list[str]) -> None:
-    base = args.pretrained_base
-    training = (
-        f"Trained with `examples/train_t2v.py`: {args.max_train_steps} steps, LAMB lr {args.learning_rate}, weight "
-        f"decay {args.weight_decay}, {args.lr_warmup_steps} warm-up steps then {args.lr_scheduler}, batch "
-        f"{args.train_batch_size} per process, conditioning dropout {args.cond_drop_prob}, EMA half-life "
-        f"{args.ema_half_life} steps, data `{args.train_data_dir}`"
-        + (f", expanded from the 1-level base `{base}`" if base else "")
-        + f".\n\n{summary}."
-    )
-    prompt = args.validation_prompts[0] if args.validation_prompts else "a red circle moving right"
-    write_model_card(
-        args.output_dir,
-        repo_id=args.hub_model_id,
-        title=f"HPDM {Path(args.output_dir).name}",
-        description=f"{model_config['num_levels']}-level pyramid trained from "
-        + ("a low-resolution base." if base else "scratch."),
-        example_prompt=prompt,
-        training=training,
-        base_model=base if base and not os.path.exists(base) else None,
-    )
-
-
-def push_to_hub(args) -> None:
-    from huggingface_hub import create_repo, upload_folder
-
-    repo_id = create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
-    upload_folder(
-        repo_id=repo_id,
-        folder_path=args.output_dir,
-        commit_message="End of training",
-        ignore_patterns=["checkpoint-*", "logs/*"],
-    )
-    logger.info(f"Pushed to https://huggingface.co/{repo_id}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -345,6 +346,9 @@ def test_sigkill_while_writing_a_checkpoint_loses_nothing(tmp_path):
 
 @pytest.fixture(scope="module")
 def train_script():
+    examples = str(ROOT / "examples")
+    if examples not in sys.path:  # the script imports its sibling modules, as `python examples/train_t2v.py` does
+        sys.path.insert(0, examples)
     spec = importlib.util.spec_from_file_location("train_t2v", ROOT / "examples" / "train_t2v.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -68,10 +68,7 @@ class RINBlock(nn.Module):
         # compute: latents (+ conditioning tokens)
         self.cond_norm = nn.LayerNorm(latent_dim)
         self.compute = nn.ModuleList(
-            [
-                ComputeLayer(latent_dim, num_heads, mlp_ratio, qk_norm, activation_fn)
-                for _ in range(num_compute_layers)
-            ]
+            [ComputeLayer(latent_dim, num_heads, mlp_ratio, qk_norm, activation_fn) for _ in range(num_compute_layers)]
         )
         # write: tokens <- latents
         self.write_norm_x = nn.LayerNorm(token_dim)

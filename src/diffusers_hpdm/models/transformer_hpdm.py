@@ -67,6 +67,10 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         text_embed_dim: width of ``encoder_hidden_states`` (e.g. T5), ``None`` for no text conditioning.
         num_classes: class-conditional models: number of classes (a null class is added), else ``None``.
         timestep_freq_dim: sinusoidal features of ``c_noise``.
+        token_position_embedding: add a learned embedding of each token's position inside its patch, as RIN does
+            (patches have the same token grid at every level, so one table serves all levels). Without it the
+            tokens carry their position only through the 3 raw coordinate channels, which attention sees as a
+            linear ramp: latents cannot single out a position, and samples come out as scattered blobs.
         output_modulation: modulate the output head's normalisation by the noise level (DiT's adaLN-zero final
             layer). At low noise ``F`` must output the noise itself, scaled by ``~1/sigma``; a plain LayerNorm +
             linear readout of the tokens cannot apply a noise-dependent gain. ``False`` (default, as in RIN): the
@@ -105,6 +109,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         text_embed_dim: int | None = None,
         num_classes: int | None = None,
         timestep_freq_dim: int = 256,
+        token_position_embedding: bool = True,
         output_modulation: bool = False,
         activation_fn: str = "gelu-approximate",
     ):
@@ -120,6 +125,10 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         voxels = in_channels * math.prod(tokenizer_patch)
         pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
         self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
+        num_tokens = math.prod(self.token_grid)
+        self.token_positions = (
+            nn.Parameter(torch.randn(1, num_tokens, token_dim) * 0.02) if token_position_embedding else None
+        )
         self.latents = nn.Parameter(torch.randn(num_levels, num_latents, latent_dim) * 0.02)
         self.time_embedding = TimestepEmbedding(timestep_freq_dim, latent_dim)
         self.box_embedding = nn.Linear(6, latent_dim)
@@ -226,7 +235,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             ctx = torch.zeros_like(x) if ctx_pixels is None else ctx_pixels
             parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
         parts.append(coords)
-        return self.tokenizer(torch.cat(parts, dim=-1))
+        tokens = self.tokenizer(torch.cat(parts, dim=-1))  # (N, T, D_tok)
+        return tokens if self.token_positions is None else tokens + self.token_positions.to(tokens.dtype)
 
     def _detokenize(self, tokens: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """Tokens ``(N, T, D_tok)`` and the noise-level embedding ``(N, D_lat)`` -> ``F`` ``(N, C, f, h, w)``."""
