@@ -3,8 +3,8 @@
 Model: the ``tiny-t2v`` preset (3 levels, 4x16x16 patches -> 16x64x64 videos, 27 tiles at level 1 and 343 at
 level 2 with 50% overlap on every axis) with small random weights (the zero-initialised head perturbed so that
 outputs are non-trivial), the offline tiny T5 text encoder, classifier-free guidance 3.0 (two streams per tile),
-``num_inference_steps`` N (levels take N, N/2, N/4 steps; Heun at level 0). If ``models/hpdm-shapes-demo`` exists,
-the bf16 PSNR section uses it instead.
+``num_inference_steps`` N (levels take N, N/2, N/4 steps; Heun at level 0). If ``models/hpdm-shapes-demo`` exists
+(and fits the current model definition), section c also reports its bf16 PSNR.
 
 Sections (every ratio is measured interleaved in this one run, median over repeats):
 
@@ -83,7 +83,7 @@ def load_demo() -> HierarchicalPatchPipeline | None:
     _, info = HPDMTransformer.from_pretrained(DEMO / "transformer", output_loading_info=True)
     stale = info["missing_keys"] + info["unexpected_keys"]
     if stale:
-        print(f"{DEMO.name} does not match the current model ({stale}): using random weights", flush=True)
+        print(f"{DEMO.name} does not match the current model ({stale}): no demo PSNR", flush=True)
         return None
     pipe = HierarchicalPatchPipeline.from_pretrained(str(DEMO))
     pipe.set_progress_bar_config(disable=True)
@@ -143,16 +143,21 @@ def section_tile_batch(pipe, steps: int, repeats: int, sizes: list[int]) -> dict
     return {"steps": steps, "tiles_last_level": n_last, "times": times, "rows": rows}
 
 
-def section_bf16(pipe, steps: int, repeats: int, label: str, use_demo: bool = True) -> dict:
-    """The pipeline keeps its canvas and scheduler in fp32 under a bf16 transformer (commit 127a5d0), so both
-    variants draw the same noise and the PSNR compares the same sample."""
-    demo = load_demo() if use_demo else None
-    src = demo if demo is not None else pipe
-    fp32 = src
+def to_bf16(pipe) -> HierarchicalPatchPipeline:
+    """A bf16 copy. The pipeline keeps its canvas and scheduler in fp32 under a bf16 transformer (commit 127a5d0), so
+    both draw the same noise and the PSNR compares the same sample."""
     bf16 = HierarchicalPatchPipeline(
-        copy.deepcopy(src.transformer), copy.deepcopy(src.scheduler), copy.deepcopy(src.text_encoder), src.tokenizer
+        copy.deepcopy(pipe.transformer),
+        copy.deepcopy(pipe.scheduler),
+        copy.deepcopy(pipe.text_encoder),
+        pipe.tokenizer,
     ).to(torch.bfloat16)
     bf16.set_progress_bar_config(disable=True)
+    return bf16
+
+
+def section_bf16(pipe, steps: int, repeats: int, label: str) -> dict:
+    fp32, bf16 = pipe, to_bf16(pipe)
     out = {}
 
     def autocast():
@@ -183,13 +188,23 @@ def section_bf16(pipe, steps: int, repeats: int, label: str, use_demo: bool = Tr
         for k in fns
     ]
     return {
-        "model": str(DEMO) if demo is not None else label,
+        "model": label,
         "steps": steps,
         "times": times,
         "rows": rows,
         "fp32_frame_std": out["fp32"].std().item(),
         "fp32_frame_range": [out["fp32"].min().item(), out["fp32"].max().item()],
     }
+
+
+def demo_psnr(steps: int) -> dict | None:
+    """bf16 vs fp32 PSNR of the trained demo model (its own config), if it is there: trained weights give smoother
+    outputs than random ones."""
+    demo = load_demo()
+    if demo is None:
+        return None
+    fp32, bf16 = call(demo, steps), call(to_bf16(demo), steps)
+    return {"model": str(DEMO), "activation_fn": demo.transformer.config.activation_fn, "psnr_db": psnr(bf16, fp32)}
 
 
 MATMUL_OPS = (
@@ -407,10 +422,13 @@ def main() -> None:
         cs = res["bf16"] = [section_bf16(pipe, steps, repeats, "tiny-t2v, random weights (std 0.02 perturbation)")]
         if not args.quick and not args.no_wide:
             wide = build_pipe(**WIDE)
-            cs.append(section_bf16(wide, 2, 2, "tiny-t2v x2 wide, random weights", use_demo=False))
+            cs.append(section_bf16(wide, 2, 2, "tiny-t2v x2 wide, random weights"))
         for c in cs:
             print(f"\n(c) bf16 vs fp32 ({c['model']}, N={c['steps']}; fp32 frames std {c['fp32_frame_std']:.3f})")
             print(table(c["rows"], list(c["rows"][0])), flush=True)
+        dp = res["bf16_demo"] = demo_psnr(steps)
+        if dp:
+            print(f"bf16 vs fp32 PSNR of {dp['model']} ({dp['activation_fn']}): {dp['psnr_db']:.1f} dB", flush=True)
     if "d" in args.sections:
         d = res["peak"] = [section_peak(pipe, steps, repeats, "tiny-t2v (tokens 64, latents 32x128)")]
         if not args.quick and not args.no_wide:

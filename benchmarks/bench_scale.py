@@ -10,7 +10,7 @@ the ``VmHWM`` after the pipeline is built (reset) plus what the process already 
 The time of the full size is also *predicted* from the 3-level run (cost per tile-block evaluation at level 2,
 times the level-3 workload), to check that the scaling model holds.
 
-    .venv/bin/python benchmarks/bench_scale.py            # 2, 3 and 4 levels + the 4-level run with the proposed fixes: ~4 min
+    .venv/bin/python benchmarks/bench_scale.py            # 2, 3, 4 levels + 4 levels previous / proposed: ~5 min
     .venv/bin/python benchmarks/bench_scale.py --quick    # 2 and 3 levels only + the predicted 4-level time (~1 min)
 """
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from common import current_rss_mb, peak_rss_mb, perturb_, reset_peak_rss, run_child, save, setup_threads, table  # noqa: E402
-from proposed import applied  # noqa: E402
+from variants import PREVIOUS, applied  # noqa: E402
 
 from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler, HPDMTransformer  # noqa: E402
 from diffusers_hpdm.pipelines.tiling import TiledCanvas  # noqa: E402
@@ -71,7 +71,7 @@ def child(cfg: dict) -> dict:
     reset_peak_rss()
     rss_before = current_rss_mb()
     t0 = time.perf_counter()
-    with applied(tm, cfg.get("fixes", [])):
+    with applied(tm, cfg.get("variants", [])):
         video = pipe(
             PROMPT,
             num_frames=sizes[-1][0],
@@ -106,7 +106,7 @@ def child(cfg: dict) -> dict:
         )
     return {
         "levels": levels,
-        "fixes": cfg.get("fixes", []),
+        "variants": cfg.get("variants", []),
         "frames_checksum": float(video.double().sum()),
         "video": list(sizes[-1]),
         "output_shape": list(video.shape),
@@ -155,9 +155,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-breakdown", action="store_true", help="skip timing the finest level's parts")
     ap.add_argument(
-        "--no-proposed",
+        "--no-variants",
         action="store_true",
-        help="skip re-running the largest size with the proposed src fixes (as is / fixed / as is)",
+        help="skip re-running the largest size as previously implemented and with the proposed fix (then as is again)",
     )
     ap.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -197,21 +197,23 @@ def main() -> None:
         for r in runs
         for x in r["per_level"]
     ]
-    fixed = []
-    if not args.no_proposed:
+    compared, again = [], None
+    if not args.no_variants:
         top = max(levels)
-        fixes = ["exact_gelu", "separable_context"]
         base = dict(cfg, levels=top, breakdown=not args.no_breakdown)
-        fixed.append(run_child(__file__, dict(base, fixes=fixes), timeout=1800))
+        for variants in (PREVIOUS, ("context_once_per_level",)):
+            compared.append(run_child(__file__, dict(base, variants=list(variants)), timeout=1800))
         again = run_child(__file__, dict(base, breakdown=False), timeout=1800)
         first = next(r for r in runs if r["levels"] == top)
-        as_is = (first["seconds"] + again["seconds"]) / 2
-        print(
-            f"{top} levels with the proposed fixes {fixes}: {fixed[0]['seconds']:.1f} s vs {as_is:.1f} s as is "
-            f"(mean of the runs before and after) -> x{as_is / fixed[0]['seconds']:.2f}; finest level "
-            f"{fixed[0]['per_level'][-1]['seconds']:.1f} s vs {first['per_level'][-1]['seconds']:.1f} s",
-            flush=True,
-        )
+        as_is = (first["seconds"] + again["seconds"]) / 2  # the as-is runs before and after
+        for r in compared:
+            print(
+                f"{top} levels with {r['variants']}: {r['seconds']:.1f} s vs {as_is:.1f} s as is (mean of the runs "
+                f"before and after) -> time x{r['seconds'] / as_is:.2f}; finest level "
+                f"{r['per_level'][-1]['seconds']:.1f} s vs {first['per_level'][-1]['seconds']:.1f} s; "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB vs {first['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     print("\nPer level (time includes the level's context pass)")
     print(table(rows, list(rows[0])))
     summary = [
@@ -225,9 +227,9 @@ def main() -> None:
         }
         for r in runs
     ]
-    for r in [runs[-1], *fixed]:
+    for r in [runs[-1], *compared]:
         if r.get("finest_level_breakdown"):
-            tag = f" with {r['fixes']}" if r["fixes"] else " as is"
+            tag = f" with {r['variants']}" if r["variants"] else " as is"
             print(f"\nWhere the finest level's time goes ({'x'.join(map(str, r['video']))}{tag})")
             print(table(r["finest_level_breakdown"], list(r["finest_level_breakdown"][0])))
     print("\nGrowth with resolution")
@@ -239,6 +241,8 @@ def main() -> None:
         "runs": runs,
         "per_level": rows,
         "summary": summary,
+        "variant_runs": compared,
+        "as_is_again": again,
     }
     three = next((r for r in runs if r["levels"] == 3), None)
     if three is not None:

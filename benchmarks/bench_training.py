@@ -9,9 +9,9 @@ the same final video size for both models:
 
 One training step = (HPDM: draw nested boxes and cut the patches out of the video) + sigmas from
 ``sample_training_sigmas``, ``add_noise``, ``training_target``, ``precondition`` + forward + MSE on ``v`` (summed over
-levels) + backward + AdamW step. Throughput is timed interleaved in one process; peak memory is the ``ru_maxrss``
-of a fresh subprocess per configuration at batch size 1 (as the paper's table 1), minus the interpreter's RSS after
-imports.
+levels) + backward + AdamW step. Throughput is timed interleaved in one process; peak memory is the peak RSS
+(``VmHWM``, reset after imports) of a fresh subprocess per configuration at batch size 1 (as the paper's table 1),
+minus the interpreter's RSS after imports.
 
     .venv/bin/python benchmarks/bench_training.py            # both sizes, ~4 min on 2 cores
     .venv/bin/python benchmarks/bench_training.py --quick    # small size only, ~30 s
@@ -40,7 +40,7 @@ from common import (  # noqa: E402
     setup_threads,
     table,
 )
-from proposed import applied  # noqa: E402
+from variants import PREVIOUS, applied  # noqa: E402
 
 from diffusers_hpdm import HPDMScheduler, HPDMTransformer  # noqa: E402
 from diffusers_hpdm.geometry import extract_patches, sample_nested_boxes  # noqa: E402
@@ -207,26 +207,26 @@ def adaptive_vs_batch(size: str, batch_sizes: list[int], repeats: int) -> list[d
     return rows
 
 
-def proposed_fixes(size: str, B: int, repeats: int) -> dict:
-    """HPDM training step as is vs with the proposed src fixes (``proposed.py``), interleaved, same trainer."""
+def implementation_variants(size: str, B: int, repeats: int) -> dict:
+    """HPDM training step as is vs its previous implementation (``variants.py``), interleaved, same trainer."""
     trainer = Trainer("hpdm", size, B)
     variants = {
         "as is": (),
-        "exact gelu": ("exact_gelu",),
-        "separable context": ("separable_context",),
-        "both": ("exact_gelu", "separable_context"),
+        "previous (grid_sample + tanh GELU)": PREVIOUS,
+        "previous context lookup (grid_sample)": ("grid_sample_context",),
+        "previous GELU (tanh)": ("tanh_gelu",),
     }
 
-    def run(fixes):
-        with applied(trainer.model, fixes):
+    def run(v):
+        with applied(trainer.model, v):
             trainer.step()
 
-    times = interleave({k: (lambda f=f: run(f)) for k, f in variants.items()}, repeats=repeats, warmup=1)
+    times = interleave({k: (lambda v=v: run(v)) for k, v in variants.items()}, repeats=repeats, warmup=1)
     rows = [
         {
             "variant": k,
             "samples/s": B / times[k]["median_s"],
-            "speedup": paired_ratios(times, "as is", k)["median_paired"],
+            "time / as is (paired median)": paired_ratios(times, k, "as is")["median_paired"],
         }
         for k in variants
     ]
@@ -298,8 +298,8 @@ def main() -> None:
             flush=True,
         )
     if not args.quick:
-        fx = results["proposed_fixes"] = proposed_fixes("32x128x128", 16, repeats)
-        print("\nProposed src fixes, HPDM training step (32x128x128, batch 16)")
+        fx = results["variants"] = implementation_variants("32x128x128", 16, repeats)
+        print("\nAs is vs the previous implementation, HPDM training step (32x128x128, batch 16)")
         print(table(fx["rows"], list(fx["rows"][0])))
         results["adaptive_vs_batch"] = adaptive_vs_batch("32x128x128", [1, 4, 16], repeats)
         print("\nAdaptive vs uniform throughput as the batch grows")
