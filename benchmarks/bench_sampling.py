@@ -19,7 +19,10 @@ e. time breakdown of the finest level: transformer blocks, context lookup, fusio
    tokenizer/conditioning/head, everything else;
 f. intra-op threads: 1 vs 2 on this shared 2-core machine;
 g. the code as is vs its previous implementation (``grid_sample`` context lookup, tanh GELU; each alone and both)
-   and vs the still-proposed "context once per level" (``variants.py``, switched inside the benchmark).
+   and vs the still-proposed "context once per level" (``variants.py``, switched inside the benchmark);
+h. regional compilation: ``pipe.transformer.compile_repeated_blocks(dynamic=True)`` (``torch.compile`` of the
+   ``RINBlock``s, diffusers' ``_repeated_blocks``) vs eager: compile time, speed-up, frame difference, and the
+   fraction of the matmul peak reached (the FLOPs are the eager call's: compilation does not change them).
 
     .venv/bin/python benchmarks/bench_sampling.py            # N=4, 3 repeats: ~11 min on 2 shared cores
     .venv/bin/python benchmarks/bench_sampling.py --no-wide  # without the 2x wider model: ~8 min
@@ -63,7 +66,7 @@ from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer  #
 PROMPT = "a red circle moving right slowly on a gray background"
 DEMO = Path(__file__).resolve().parents[1] / "models" / "hpdm-shapes-demo"
 WIDE = dict(token_dim=128, latent_dim=256, num_latents=64, num_heads=4)  # tiny-t2v 2x wider
-SECTIONS = "abcdefg"
+SECTIONS = "abcdefgh"
 
 
 def build_pipe(std: float = 0.02, preset: str = "tiny-t2v", **overrides) -> HierarchicalPatchPipeline:
@@ -247,6 +250,33 @@ def section_peak(pipe, steps: int, repeats: int, label: str) -> dict:
         "matmul_share_of_time": mm_s / prof_wall,
         "matmul_kernel_gflops": flops / mm_s / 1e9,
         "top_ops_self_s": dict(sorted(((k, v / 1e6) for k, v in self_us.items()), key=lambda kv: -kv[1])[:12]),
+    }
+
+
+def section_compile(pipe, steps: int, repeats: int) -> dict:
+    compiled = build_pipe()
+    t0 = time.perf_counter()
+    compiled.transformer.compile_repeated_blocks(dynamic=True)
+    frames = call(compiled, steps)  # compiles here
+    compile_s = time.perf_counter() - t0
+    diff = (frames - call(pipe, steps)).abs().max().item()
+    flops = count_flops(lambda: call(pipe, steps))
+    peaks = [matmul_peak_gflops(2048)]
+    times = interleave({"eager": lambda: call(pipe, steps), "compiled": lambda: call(compiled, steps)}, repeats)
+    peaks.append(matmul_peak_gflops(2048))
+    peak = max(peaks)
+    rows = [
+        {"variant": k, "median_s": v["median_s"], "fraction_of_peak": flops / v["median_s"] / 1e9 / peak}
+        for k, v in times.items()
+    ]
+    return {
+        "steps": steps,
+        "first_call_with_compile_s": compile_s,
+        "max_abs_frame_diff": diff,
+        "speedup": paired_ratios(times, "eager", "compiled"),
+        "matmul_peak_gflops": peak,
+        "rows": rows,
+        "times": times,
     }
 
 
@@ -464,6 +494,13 @@ def main() -> None:
         g = res["variants"] = section_variants(pipe, 2 * steps, max(3, repeats))
         print(f"\n(g) as is vs previous and proposed implementations, fp32 (N={g['steps']})")
         print(table(g["rows"], list(g["rows"][0])), flush=True)
+    if "h" in args.sections:
+        h = res["compile"] = section_compile(pipe, steps, repeats)
+        print(
+            f"\n(h) regional compile: x{h['speedup']['median_paired']:.2f} faster than eager (first call with "
+            f"compilation {h['first_call_with_compile_s']:.0f} s; max |frame diff| {h['max_abs_frame_diff']:.1e})"
+        )
+        print(table(h["rows"], list(h["rows"][0])), flush=True)
     path = save(name, res)
     print(f"\nwrote {path}")
 

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 BASE_ARGS = [
     "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "250",
-    "--checkpointing_steps", "1000", "--logging_steps", "100",
+    "--checkpointing_steps", "1000", "--logging_steps", "100", "--p_mean", "-0.4", "--p_std", "1.4",
 ]  # fmt: skip
 FINETUNE_ARGS = [
     "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "20", "--ema_half_life", "100",

@@ -152,6 +152,9 @@ def detect_attributes(video, palette: dict[str, tuple[int, int, int]] | None = N
     mask = np.clip((proj - 0.25) / 0.5, 0.0, 1.0)
     area = mask.sum(axis=(1, 2))  # (F,)
     valid = area > 0.25 * area.max()
+    if not valid.any():  # salient pixels but no region along the colour's direction: no shape, no motion
+        result.update(colour=names[index], confidences={"colour": colour_conf})
+        return result
     ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
     cy = (mask.sum(axis=2) @ ys) / np.maximum(area, 1e-9)
     cx = (mask.sum(axis=1) @ xs) / np.maximum(area, 1e-9)

@@ -1,0 +1,81 @@
+"""The ``hpdm`` command line: outputs that can be read back, and errors that name the fix."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_pipeline import PROMPTS, tiny_model
+
+from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler
+from diffusers_hpdm.cli import main
+from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tok = build_word_tokenizer(PROMPTS)
+    pipe = HierarchicalPatchPipeline(
+        tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
+    )
+    path = tmp_path_factory.mktemp("model")
+    pipe.save_pretrained(path)
+    return path
+
+
+def generate(model_dir, out, *extra):
+    return main(["generate", PROMPTS[0], "--model", str(model_dir), "--out", str(out), "--steps", "2", *extra])
+
+
+def test_generate_gif_and_mp4_with_every_level_on_the_contact_sheet(model_dir, tmp_path, capsys):
+    """The file type follows the extension; the video has the model's final size; the contact sheet has one row per
+    level (2 px padding around 4 frames of the finest size); the same seed gives the same frames."""
+    gif, sheet = tmp_path / "v.gif", tmp_path / "levels.png"
+    assert generate(model_dir, gif, "--contact-sheet", str(sheet), "--seed", "3") == 0
+    frames = iio.imread(gif, index=None)
+    assert frames.shape == (2, 32, 32, 3)  # 2x8x8 patches, growth (1, 2, 2), 3 levels
+    w, h = Image.open(sheet).size  # 3 rows (levels) x 2 frames, each scaled to 32x32, 2 px padding
+    assert (w, h) == (2 * (32 + 2) + 2, 3 * (32 + 2) + 2)
+    mp4 = tmp_path / "v.mp4"
+    assert generate(model_dir, mp4, "--seed", "3", "--tile-batch-size", "1", "--overlap", "hw") == 0
+    assert iio.imread(mp4, index=None, plugin="pyav").shape[:3] == (2, 32, 32)
+    assert "wrote" in capsys.readouterr().out
+    again = tmp_path / "again.gif"
+    generate(model_dir, again, "--seed", "3")
+    np.testing.assert_array_equal(iio.imread(again, index=None), frames)
+
+
+def test_generate_stops_early_with_num_levels(model_dir, tmp_path):
+    out = tmp_path / "coarse.gif"
+    assert generate(model_dir, out, "--num-levels", "2") == 0
+    assert iio.imread(out, index=None).shape == (2, 16, 16, 3)
+
+
+def test_detect_prints_what_the_detector_reads_next_to_the_prompt(model_dir, tmp_path, capsys):
+    generate(model_dir, tmp_path / "v.gif", "--detect")
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("detector")][0]
+    assert "(asked red)" in line and "(asked circle)" in line and "(asked left)" in line
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"--out": "video.avi"}, "must end in .mp4 or .gif"),
+        ({"--model": "does/not/exist"}, "is not a folder"),
+        ({"--height": "13"}, "height"),
+        ({"--overlap": "x"}, "overlap"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message_naming_the_fix(model_dir, tmp_path, override, message):
+    options = {"--model": str(model_dir), "--out": str(tmp_path / "v.gif"), "--steps": "1", **override}
+    with pytest.raises(SystemExit, match=message):
+        main(["generate", "a red circle", *[x for kv in options.items() for x in kv]])
+
+
+def test_make_dataset_writes_a_loadable_folder(tmp_path, capsys):
+    from diffusers_hpdm.data import load_video_dataset
+
+    assert main(["make-dataset", str(tmp_path / "d"), "--num-videos", "3", "--num-frames", "4"]) == 0
+    ds = load_video_dataset(tmp_path / "d", num_frames=4, height=64, width=64)
+    assert len(ds) == 3 and ds[0]["video"].shape == (3, 4, 64, 64)
+    assert torch.is_tensor(ds[0]["video"])
