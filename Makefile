@@ -36,7 +36,7 @@ train-demo: $(STAMP)
 	$(PY) examples/train_demo.py --output_dir $(DEMO_MODEL)
 
 evaluate-demo: $(STAMP)
-	$(PY) -m diffusers_hpdm.cli evaluate --model $(DEMO_MODEL) --num-videos 64 --out outputs/demo_eval.json
+	$(PY) -m diffusers_hpdm.cli evaluate --model $(DEMO_MODEL) --num-videos 64 --compile --out outputs/demo_eval.json
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_training.py
