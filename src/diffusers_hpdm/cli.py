@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=3.0)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bf16", action="store_true")
-    e.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks (~1.4x after ~1 min)")
+    e.add_argument(
+        "--compile", action="store_true", help="torch.compile the RIN blocks (~1.2-1.4x after up to ~1 min)"
+    )
     e.add_argument("--overlap", default="fhw", help="axes with 50%% tile overlap")
     e.add_argument("--blending", default="uniform", choices=["uniform", "smooth"])
     e.add_argument("--context-sigma", type=float, default=0.1)
