@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import MICRO  # the same micro model as the fast training tests
 
 from diffusers_hpdm.data import generate_dataset
 from diffusers_hpdm.training import TRAINING_STATE_NAME, latest_checkpoint
@@ -22,19 +23,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_t2v.py"
-MICRO = {
-    "patch_size": [2, 8, 8],
-    "num_levels": 2,
-    "tokenizer_patch": [1, 4, 4],
-    "token_dim": 16,
-    "latent_dim": 32,
-    "num_latents": 8,
-    "num_blocks": 2,
-    "num_compute_layers": 1,
-    "num_heads": 2,
-    "levels_per_block": [1, 2],
-    "text_embed_dim": 16,
-}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
