@@ -78,7 +78,7 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
     "kw",
     [
         dict(text_embed_dim=16),
-        dict(text_embed_dim=16, output_modulation=True, activation_fn="gelu"),
+        dict(text_embed_dim=16, output_modulation=True, activation_fn="gelu", pooled_text_embedding=True),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
         dict(patch_size=(4, 12, 16), level_growth=(1, 2, 2), tokenizer_patch=(1, 3, 4), num_classes=3),
@@ -198,8 +198,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
 
-def test_conditioning_null_and_masking():
-    model = make(text_embed_dim=16, num_classes=4)
+@pytest.mark.parametrize("pooled", [False, True], ids=["tokens", "tokens+pooled"])
+def test_conditioning_null_and_masking(pooled):
+    model = make(text_embed_dim=16, num_classes=4, pooled_text_embedding=pooled)
     g = torch.Generator().manual_seed(0)
     boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
     x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
@@ -218,6 +219,27 @@ def test_conditioning_null_and_masking():
         ).sample
         torch.testing.assert_close(d1, d2, atol=1e-6, rtol=0)
         assert not torch.allclose(d1, a, atol=1e-4)
+
+
+def test_pooled_text_embedding_starts_at_zero_and_reads_the_prompt():
+    """The pooled path adds nothing at init (a model with it computes what the same weights compute without it);
+    once trained it changes the output with the prompt even when every text token's attention is unchanged."""
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
+    plain = make(text_embed_dim=16)
+    torch.manual_seed(0)
+    pooled = HPDMTransformer(**{**TINY, "text_embed_dim": 16, "pooled_text_embedding": True}).eval()
+    missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == {"pooled_text_proj.weight", "pooled_text_proj.bias"} and not unexpected
+    cond = cond_kwargs(plain, 2, g)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(x, t, boxes, **cond).sample, plain(x, t, boxes, **cond).sample)
+        randomize_(pooled.pooled_text_proj)
+        assert not torch.allclose(pooled(x, t, boxes, **cond).sample, plain(x, t, boxes, **cond).sample, atol=1e-4)
+    assert "pooled_text_proj.weight" in HPDMTransformer._zero_init_parameters
+    with pytest.raises(ValueError, match="text_embed_dim"):
+        HPDMTransformer(**{**TINY, "pooled_text_embedding": True})
 
 
 @pytest.mark.parametrize(
