@@ -53,8 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--gradient_checkpointing", action="store_true", help="Recompute RIN blocks in the backward.")
     # Noise
     g = parser.add_argument_group("noise (scheduler)")
-    g.add_argument("--p_mean", type=float, default=-1.2, help="Mean of ln(sigma) at level 0 during training.")
-    g.add_argument("--p_std", type=float, default=1.2, help="Std of ln(sigma) during training.")
+    g.add_argument(
+        "--p_mean",
+        type=float,
+        default=None,
+        help="Mean of ln(sigma) at level 0 during training (default -1.2, or the base's when fine-tuning).",
+    )
+    g.add_argument(
+        "--p_std", type=float, default=None, help="Std of ln(sigma) (default 1.2, or the base's when fine-tuning)."
+    )
     g.add_argument(
         "--level_noise_shift",
         type=float,

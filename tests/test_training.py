@@ -419,14 +419,20 @@ def test_low_resolution_base_then_pyramid(train_script, micro_data, tmp_path):
     from diffusers_hpdm import HierarchicalPatchPipeline
 
     base, tuned = tmp_path / "base", tmp_path / "tuned"
-    _run(train_script, micro_data, base, "--num_levels", "1", "--max_train_steps", "2", "--checkpointing_steps", "2")
+    _run(
+        train_script, micro_data, base, "--num_levels", "1", "--max_train_steps", "2", "--checkpointing_steps", "2",
+        "--p_mean", "0.5", "--p_std", "1.4",
+    )  # fmt: skip
     base_pipe = HierarchicalPatchPipeline.from_pretrained(base)
     assert base_pipe.transformer.config.num_levels == 1 and base_pipe.transformer.level_sizes == [(2, 8, 8)]
     _run(
         train_script, micro_data, tuned, "--pretrained_base", str(base), "--num_levels", "2",
-        "--max_train_steps", "1", "--checkpointing_steps", "1", "--learning_rate", "1e-12",
+        "--max_train_steps", "1", "--checkpointing_steps", "1", "--learning_rate", "1e-12", "--p_mean", "-0.7",
     )  # fmt: skip
     pipe = HierarchicalPatchPipeline.from_pretrained(tuned)
+    # The fine-tune inherits the base's scheduler, except for what is given explicitly.
+    assert (base_pipe.scheduler.config.p_mean, base_pipe.scheduler.config.p_std) == (0.5, 1.4)
+    assert (pipe.scheduler.config.p_mean, pipe.scheduler.config.p_std) == (-0.7, 1.4)
     assert pipe.transformer.config.num_levels == 2 and pipe.transformer.levels_per_block == [1, 2]
     for (name, p), q in zip(pipe.text_encoder.named_parameters(), base_pipe.text_encoder.parameters()):
         assert torch.equal(p, q), name
