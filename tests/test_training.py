@@ -175,7 +175,7 @@ def test_lamb_matches_pytorch_optimizer(kwargs):
 
 
 def test_lamb_groups_exempt_biases_norms_and_zero_init_head():
-    """Biases, norm gains and the zero-initialised output layers get trust ratio 1 and no decay; every other
+    """Biases, norm gains, embedding tables and the zero-initialised output layers get trust ratio 1 and no decay; every other
     trainable parameter is trust-ratio scaled and decayed; the groups partition the trainable parameters."""
     from diffusers_hpdm import HPDMTransformer
 
@@ -186,6 +186,7 @@ def test_lamb_groups_exempt_biases_norms_and_zero_init_head():
     plain_names = {names[id(p)] for p in plain["params"]}
     assert plain["adam"] and plain["weight_decay"] == 0.0 and adapted["weight_decay"] == 0.01
     assert {"proj_out.weight", "out_modulation.weight", "proj_out.bias", "out_modulation.bias"} <= plain_names
+    assert {"token_positions", "latents"} <= plain_names  # small-initialised embedding tables
     assert all(p.ndim >= 2 for p in adapted["params"]) and "tokenizer.weight" not in plain_names
     ids = [id(p) for g in (adapted, plain) for p in g["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]

@@ -90,6 +90,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
     _repeated_blocks = ["RINBlock"]
     # Output layers that start at zero: LAMB must not scale their updates by their (zero) norm (`lamb_param_groups`).
     _zero_init_parameters = ["proj_out.weight", "out_modulation.weight", "pooled_text_proj.weight"]
+    # Embedding tables initialised at std 0.02: under LAMB's trust ratio they would grow ~lr per step (same function).
+    _embedding_parameters = ["token_positions", "latents", "null_text"]
 
     @register_to_config
     def __init__(

@@ -38,14 +38,17 @@ def freeze_parameters(model: torch.nn.Module, names: list[str]) -> None:
 def lamb_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """LAMB parameter groups as in LAMB's reference setup (You et al., 2020; BERT): biases and normalisation gains
     (every parameter with fewer than 2 dimensions) get no weight decay and no layer adaptation (trust ratio 1), and
-    so do zero-initialised output layers (``model._zero_init_parameters``).
+    so do zero-initialised output layers (``model._zero_init_parameters``) and small-initialised embedding tables
+    (``model._embedding_parameters``: token positions, latents, the null text).
 
     Why it matters: the trust ratio ``||w|| / ||u||`` makes every update a fixed fraction (~lr) of the parameter's
     own norm. A parameter that starts at zero takes one unscaled step of size ~lr and then grows by ~lr (0.5% at
     5e-3) per step: biases and the zero-initialised output head stay near zero for thousands of steps, and the
-    model cannot learn the per-pixel noise prediction low noise levels need.
+    model cannot learn the per-pixel noise prediction low noise levels need. Embeddings initialised at std 0.02 grow
+    just as slowly: the token position table stayed ~10x smaller than the pixel part of a token at high noise, so a
+    token hardly knew its frame and the demo model could not learn motion direction.
     """
-    zero_init = set(getattr(model, "_zero_init_parameters", ()))
+    zero_init = set(getattr(model, "_zero_init_parameters", ())) | set(getattr(model, "_embedding_parameters", ()))
     adapted, plain = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
