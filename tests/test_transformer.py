@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -316,3 +317,17 @@ def test_separable_context_lookup_equals_grid_sample(grid, seed):
     # bf16 features: the lookup stays within bf16 rounding of the fp32 one
     bf = sample_boxes(feats.detach().float().bfloat16(), rel.float(), grid).float()
     torch.testing.assert_close(bf, ref.detach().float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("grid,dim", [((4, 4, 4), 64), ((1, 4, 4), 32), ((2, 3, 5), 30)])
+def test_token_positions_start_as_distinct_unit_scale_codes(grid, dim):
+    """Every token of the grid starts with its own code, entries in [-1, 1], tokens of different frames far apart
+    (a 0.02-scale table left frames indistinguishable next to a token's pixel content at high noise)."""
+    from diffusers_hpdm.models.transformer_hpdm import sincos_position_table
+
+    table = sincos_position_table(grid, dim)
+    assert table.shape == (math.prod(grid), dim) and table.abs().max() <= 1.0
+    dist = torch.cdist(table, table) + torch.eye(len(table)) * 1e9
+    assert dist.min() > 1.0
+    model = HPDMTransformer(**{**TINY, "patch_size": tuple(g * t for g, t in zip(grid, (1, 2, 2))), "token_dim": dim})
+    torch.testing.assert_close(model.token_positions[0], table)

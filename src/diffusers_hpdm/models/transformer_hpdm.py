@@ -42,6 +42,27 @@ class HPDMTransformerOutput(BaseOutput):
     sample: torch.Tensor
 
 
+def sincos_position_table(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """A ``(f*h*w, dim)`` sine-cosine code of integer token positions, the channels split over the three axes (each
+    axis gets an even share, the frame axis any remainder). Token grids are small (a few positions per axis), so the
+    frequencies run geometrically from ``pi`` (neighbours in antiphase) down to ``pi / n`` (one half-period across
+    the axis) instead of DiT's ``1 / 10000**(2k / d)``, which leaves most channels nearly constant over 4 positions."""
+    share = 2 * (dim // 6)
+    sizes = [dim - 2 * share, share, share]
+    parts = []
+    for axis, (n, d) in enumerate(zip(grid, sizes)):
+        half = d // 2
+        pos = torch.arange(n, dtype=torch.float64)
+        freq = math.pi / float(max(n, 1)) ** (torch.arange(half, dtype=torch.float64) / max(half, 1))
+        angle = pos[:, None] * freq[None]  # (n, half)
+        code = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)  # (n, 2 * half)
+        code = torch.cat([code, torch.zeros(n, d - 2 * half, dtype=torch.float64)], dim=1)
+        shape = [1, 1, 1, d]
+        shape[axis] = n
+        parts.append(code.reshape(shape).expand(*grid, d))
+    return torch.cat(parts, dim=-1).reshape(-1, dim).float()
+
+
 class HPDMTransformer(ModelMixin, ConfigMixin):
     r"""Hierarchical Patch Diffusion transformer (RIN backbone).
 
@@ -70,7 +91,10 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         token_position_embedding: add a learned embedding of each token's position inside its patch, as RIN does
             (patches have the same token grid at every level, so one table serves all levels). Without it the
             tokens carry their position only through the 3 raw coordinate channels, which attention sees as a
-            linear ramp: latents cannot single out a position, and samples come out as scattered blobs.
+            linear ramp: latents cannot single out a position, and samples come out as scattered blobs. The table
+            starts as a 3D sine-cosine code (DiT/MAE-style, entries in [-1, 1]) rather than RIN's std-0.02 noise: at
+            high noise a token's pixel part is ~10x larger than a 0.02-scale table, so tokens barely knew their
+            frame and the demo model never learned the motion direction (docs/evaluation.md).
         output_modulation: modulate the output head's normalisation by the noise level (DiT's adaLN-zero final
             layer). At low noise ``F`` must output the noise itself, scaled by ``~1/sigma``; a plain LayerNorm +
             linear readout of the tokens cannot apply a noise-dependent gain. ``False`` (default, as in RIN): the
@@ -195,6 +219,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
                     nn.init.zeros_(m.bias)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        if self.token_positions is not None:
+            with torch.no_grad():
+                self.token_positions.copy_(sincos_position_table(self.token_grid, self.config.token_dim)[None])
         if self.out_modulation is not None:  # scale 1, shift 0 at init
             nn.init.zeros_(self.out_modulation.weight)
             nn.init.zeros_(self.out_modulation.bias)
