@@ -83,9 +83,8 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
         dict(patch_size=(4, 12, 16), level_growth=(1, 2, 2), tokenizer_patch=(1, 3, 4), num_classes=3),
-        dict(text_embed_dim=16, tokenizer_overlap=(1, 1, 2), context_fusion="shallow"),
     ],
-    ids=["text", "text-modulated", "class", "shallow", "nonsquare-growth122", "overlapping-tokens"],
+    ids=["text", "text-modulated", "class", "shallow", "nonsquare-growth122"],
 )
 def test_cached_level_forward_equals_joint_forward(kw):
     assert run_tiled_vs_joint(make(**kw)) <= 1e-5
@@ -252,8 +251,6 @@ def test_pooled_text_embedding_starts_at_zero_and_reads_the_prompt():
         (dict(context_fusion="pixel"), "context_fusion"),
         (dict(patch_size=(4, 9, 8)), "not divisible"),
         (dict(level_growth=(3, 2, 2)), "level_growth"),
-        (dict(tokenizer_overlap=(0, -1, 1)), "tokenizer_overlap"),
-        (dict(tokenizer_overlap=(0, 1)), "tokenizer_overlap"),
     ],
 )
 def test_bad_configs_raise(kw, match):
@@ -359,49 +356,3 @@ def test_latents_stay_distinct_through_the_blocks():
             assert cos < 0.95, f"latents collapsed: mean pairwise cosine {cos:.3f}"
     for h in hooks:
         h.remove()
-
-
-@pytest.mark.parametrize("overlap", [(0, 0, 0), (0, 1, 1), (1, 2, 1)])
-def test_overlapping_tokenizer_windows_and_overlap_add(overlap):
-    """``_unfold`` gives every token the window centred on its block (zeros past the patch border); ``_fold`` is its
-    adjoint: folding the windows back counts each voxel once per window covering it (exactly once without overlap)."""
-    model = make(tokenizer_overlap=overlap)
-    pf, ph, pw = TINY["tokenizer_patch"]
-    of, oh, ow = overlap
-    x = torch.randn(2, 3, *TINY["patch_size"])
-    windows = model._unfold(x)  # (N, T, C * kf * kh * kw)
-    kf, kh, kw = pf + 2 * of, ph + 2 * oh, pw + 2 * ow
-    assert windows.shape == (2, math.prod(model.token_grid), 3 * kf * kh * kw)
-    # token (1, 1, 2): its window starts at voxel (1*pf - of, 1*ph - oh, 2*pw - ow) of the zero-padded patch
-    padded = torch.nn.functional.pad(x, (ow, ow, oh, oh, of, of))
-    f, h, w = model.token_grid
-    t = (1 * h + 1) * w + 2
-    expect = padded[:, :, pf : pf + kf, ph : ph + kh, 2 * pw : 2 * pw + kw].reshape(2, -1)
-    assert torch.equal(windows[:, t], expect)
-    ones = torch.ones_like(x)
-    coverage = model._fold(model._unfold(ones))
-    assert torch.allclose(model._fold(windows), x * coverage)
-    # coverage = number of windows containing the voxel, per axis a product of 1D counts
-    counts = []
-    for size, p, o in zip(TINY["patch_size"], (pf, ph, pw), overlap):
-        pos = torch.arange(size)
-        starts = torch.arange(0, size, p) - o
-        counts.append(((pos[:, None] >= starts) & (pos[:, None] < starts + p + 2 * o)).sum(1).float())
-    expected = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
-    assert torch.equal(coverage[0, 0], expected)
-    if not any(overlap):
-        assert torch.equal(coverage, ones)
-
-
-def test_overlapping_tokens_let_a_pixel_reach_its_neighbours_outputs():
-    """With disjoint tokens, a pixel change reaches another token's output only through the latents; with overlap
-    the output head writes across token borders, so a pixel on a token border moves both sides by the head alone.
-    Checked with the blocks bypassed (tokens go straight from tokenizer to head)."""
-    for overlap, crosses in (((0, 0, 0), False), ((0, 1, 1), True)):
-        model = make(tokenizer_overlap=overlap, num_levels=1, levels_per_block=None)
-        x = torch.zeros(1, 3, *TINY["patch_size"], requires_grad=True)
-        coords = torch.zeros(1, math.prod(model.token_grid), 3)
-        out = model._fold(model.proj_out(model._tokenize(x, coords, None)))
-        # output pixel (0, 0, 2) is in token column 1; input pixel (0, 0, 1) is in token column 0
-        (grad,) = torch.autograd.grad(out[0, :, 0, 0, 2].sum(), x)
-        assert (grad[0, :, 0, 0, 1].abs().sum() > 0) == crosses

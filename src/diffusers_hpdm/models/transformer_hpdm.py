@@ -72,12 +72,6 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         num_levels: pyramid levels ``L``.
         level_growth: per axis 1 or 2: how each level's canvas grows over the previous one.
         tokenizer_patch: voxels per token, e.g. ``(1, 4, 4)``.
-        tokenizer_overlap: voxels each token also reads and writes beyond its own block, per side and axis, e.g.
-            ``(0, 2, 2)``: a token reads the 1x8x8 window centred on its 1x4x4 block (zero-padded at the patch
-            border), and the detokenizer overlap-adds a 1x8x8 output per token, so every pixel near a token border
-            is the sum of its neighbours' outputs. ``(0, 0, 0)`` (default): the paper's non-overlapping linear
-            tokenizer. With disjoint tokens a small model draws edges as token-aligned steps, the "dead pixel"
-            artefacts the paper names as future work (§7); see docs/concepts.md.
         token_dim: width of the patch tokens (the paper's "tokenization dim").
         latent_dim: width of the latents.
         num_latents: latents per level and sample.
@@ -131,7 +125,6 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         num_levels: int = 3,
         level_growth: tuple[int, int, int] = (2, 2, 2),
         tokenizer_patch: tuple[int, int, int] = (1, 4, 4),
-        tokenizer_overlap: tuple[int, int, int] = (0, 0, 0),
         token_dim: int = 64,
         latent_dim: int = 128,
         num_latents: int = 32,
@@ -155,18 +148,13 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
         self.token_grid = check_divisible(patch_size, tokenizer_patch)
-        if len(tokenizer_overlap) != 3 or any(int(o) != o or o < 0 for o in tokenizer_overlap):
-            raise ValueError(
-                f"`tokenizer_overlap` must be 3 non-negative integers (f, h, w), got {tokenizer_overlap}."
-            )
-        self.token_window = tuple(t + 2 * int(o) for t, o in zip(tokenizer_patch, tokenizer_overlap))
         self.levels_per_block = self._check_levels_per_block(levels_per_block, num_blocks, num_levels)
         if context_fusion not in FUSION_MODES:
             raise ValueError(f"`context_fusion` must be one of {FUSION_MODES}, got {context_fusion!r}.")
         if latent_dim % num_heads:
             raise ValueError(f"`latent_dim` ({latent_dim}) must be divisible by `num_heads` ({num_heads}).")
 
-        voxels = in_channels * math.prod(self.token_window)
+        voxels = in_channels * math.prod(tokenizer_patch)
         pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
         self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
         num_tokens = math.prod(self.token_grid)
@@ -285,42 +273,26 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
 
     def _tokenize(self, x: torch.Tensor, coords: torch.Tensor, ctx_pixels: torch.Tensor | None) -> torch.Tensor:
         """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)`` -> tokens ``(N, T, D_tok)``."""
-        parts = [self._unfold(x)]
+        pf, ph, pw = self.config.tokenizer_patch
+        pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
+        parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
         if self.config.context_fusion == "shallow":
-            parts.append(self._unfold(torch.zeros_like(x) if ctx_pixels is None else ctx_pixels))
+            ctx = torch.zeros_like(x) if ctx_pixels is None else ctx_pixels
+            parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
         parts.append(coords)
         tokens = self.tokenizer(torch.cat(parts, dim=-1))  # (N, T, D_tok)
         return tokens if self.token_positions is None else tokens + self.token_positions.to(tokens.dtype)
 
     def _detokenize(self, tokens: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """Tokens ``(N, T, D_tok)`` and the noise-level embedding ``(N, D_lat)`` -> ``F`` ``(N, C, f, h, w)``."""
+        pf, ph, pw = self.config.tokenizer_patch
+        f, h, w = self.token_grid
         h_out = self.norm_out(tokens)
         if self.out_modulation is not None:
             shift, scale = self.out_modulation(nn.functional.silu(t_emb)).unsqueeze(1).chunk(2, dim=-1)
             h_out = h_out * (1 + scale) + shift
-        return self._fold(self.proj_out(h_out))  # (N, T, C * kf * kh * kw) -> (N, C, f, h, w)
-
-    def _unfold(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, f, h, w)`` -> each token's window of voxels ``(N, T, C * kf * kh * kw)``, zero-padded."""
-        (of, oh, ow), (kf, kh, kw) = self.config.tokenizer_overlap, self.token_window
-        pf, ph, pw = self.config.tokenizer_patch
-        if any((of, oh, ow)):
-            x = nn.functional.pad(x, (ow, ow, oh, oh, of, of))
-        windows = x.unfold(2, kf, pf).unfold(3, kh, ph).unfold(4, kw, pw)  # (N, C, f', h', w', kf, kh, kw)
-        return rearrange(windows, "n c f h w kf kh kw -> n (f h w) (c kf kh kw)")
-
-    def _fold(self, out: torch.Tensor) -> torch.Tensor:
-        """Inverse of ``_unfold`` for outputs: overlap-add each token's window, crop the padding."""
-        f, h, w = self.token_grid
-        (kf, kh, kw), stride = self.token_window, tuple(self.config.tokenizer_patch)
-        if not any(self.config.tokenizer_overlap):
-            pattern = "n (f h w) (c kf kh kw) -> n c (f kf) (h kh) (w kw)"
-            return rearrange(out, pattern, f=f, h=h, w=w, kf=kf, kh=kh, kw=kw)
-        out = rearrange(out, "n (f h w) k -> n k f h w", f=f, h=h, w=w)
-        # A transposed convolution with a one-hot kernel is exactly "scatter each window back and add".
-        c = self.config.in_channels
-        eye = torch.eye(c * kf * kh * kw, device=out.device, dtype=out.dtype).view(-1, c, kf, kh, kw)
-        return nn.functional.conv_transpose3d(out, eye, stride=stride, padding=tuple(self.config.tokenizer_overlap))
+        out = self.proj_out(h_out)  # (N, T, C * pf * ph * pw)
+        return rearrange(out, "n (f h w) (c pf ph pw) -> n c (f pf) (h ph) (w pw)", f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
 
     def _coords(self, boxes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-token global coordinates ``(N, T, 3)`` (zeros when ``use_coordinates=False``)."""
