@@ -105,9 +105,10 @@ def finish_card(args, summary: dict) -> None:
             "A 3-level, 4M-parameter HPDM text-to-video model trained from scratch on CPU on synthetic moving "
             "shapes (16x64x64 videos from 4x16x16 patches). It exists so that the package can be run, tested and "
             "benchmarked offline; it is not a general-purpose video model. It saw ~40k training clips (the paper's "
-            "models see hundreds of millions): it follows the colour in the prompt, but its level 0 still draws the "
-            "shape as blobs at the granularity of its 4x4-pixel tokens that do not move consistently, so shape and "
-            "direction are near chance and the token edges (which coincide with tile borders) raise the seam score."
+            "models see hundreds of millions): it follows the colour in the prompt, but its level 0 draws the object "
+            "as several ragged blobs at the granularity of its 4x4-pixel tokens rather than one shape moving "
+            "consistently, so shape and direction are near chance and the token edges (which coincide with tile "
+            "borders) raise the seam score. docs/evaluation.md has the diagnosis and what was tried."
         ),
         example_prompt="a red circle moving right slowly on a gray background",
         training=training,
