@@ -15,6 +15,7 @@ moving-shapes domain (rendered in memory, area-downsampled to the model's level-
 
     .venv/bin/python benchmarks/diagnose_demo.py                                # bundled model, ~1 min
     .venv/bin/python benchmarks/diagnose_demo.py --model DIR --rin-steps 600    # + the RIN probe, ~5 min
+    .venv/bin/python benchmarks/diagnose_demo.py --rin-steps 600 --rin-zero-input   # + one on zero input, ~8 min
 """
 
 from __future__ import annotations
@@ -49,18 +50,18 @@ def real_clips(num: int, finest: tuple[int, int, int], level0: tuple[int, int, i
 class Level0:
     """The pipeline's transformer as the level-0 denoiser ``D(x, sigma)`` (EDM preconditioning, no guidance)."""
 
-    def __init__(self, pipe: HierarchicalPatchPipeline, model: torch.nn.Module | None = None):
-        self.pipe, self.model = pipe, model or pipe.transformer
+    def __init__(self, pipe: HierarchicalPatchPipeline, model: torch.nn.Module | None = None, pixels_in: bool = True):
+        self.pipe, self.model, self.pixels_in = pipe, model or pipe.transformer, pixels_in
 
     @torch.no_grad()
     def text(self, prompts: list[str]):
         emb, mask, _, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False)
         return emb, mask
 
-    def __call__(self, x: torch.Tensor, sigma: float, emb, mask, pixels_in: bool = True) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: float, emb, mask) -> torch.Tensor:
         c_skip, c_out, c_in, c_noise = self.pipe.scheduler.precondition(torch.tensor(float(sigma)))
         n = x.shape[0]
-        inp = c_in * x if pixels_in else torch.zeros_like(x)
+        inp = c_in * x if self.pixels_in else torch.zeros_like(x)  # zeros: the model sees positions and text only
         box = torch.tensor([0, 0, 0, 1, 1, 1.0]).repeat(n, 1, 1)
         out = self.model(inp[:, None], timestep=c_noise.repeat(n, 1), boxes=box, encoder_hidden_states=emb,
                          encoder_attention_mask=mask).sample[:, 0]  # fmt: skip
@@ -131,8 +132,11 @@ def data_sensitivity(x0, attrs) -> dict:
     }  # fmt: skip
 
 
-def high_noise_probe(pipe, x0, captions, which: str, steps: int, sigma: float = 20.0, batch: int = 16) -> dict:
-    """Train ``which`` ("linear" or "rin") from scratch at ``sigma`` only; its final loss and prompt sensitivity."""
+def high_noise_probe(
+    pipe, x0, captions, which: str, steps: int, sigma: float = 20.0, batch: int = 16, pixels_in: bool = True
+) -> dict:
+    """Train ``which`` ("linear" or "rin") from scratch at ``sigma`` only; its final loss and prompt sensitivity.
+    ``pixels_in=False`` feeds the RIN zeros instead of the noisy clip."""
     emb_all, mask_all = Level0(pipe).text(captions)
     torch.manual_seed(0)
     c_out = pipe.scheduler.precondition(torch.tensor(sigma))[1]
@@ -153,7 +157,7 @@ def high_noise_probe(pipe, x0, captions, which: str, steps: int, sigma: float = 
         cfg = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
         model = HPDMTransformer(**{**cfg, "num_levels": 1, "levels_per_block": None}).train()
         opt = Lamb(lamb_param_groups(model, 0.01), lr=3e-3, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-6)
-        probe = Level0(pipe, model)
+        probe = Level0(pipe, model, pixels_in)
         forward = probe.__call__
     from diffusers.optimization import get_scheduler
 
@@ -179,7 +183,13 @@ def high_noise_probe(pipe, x0, captions, which: str, steps: int, sigma: float = 
     else:
         model.eval()
         sens = sensitivity(probe, sigma)
-    return dict(probe=which, steps=steps, loss=loss, seconds=time.perf_counter() - t0, **sens)
+    return dict(
+        probe=which if pixels_in else f"{which}, zero input",
+        steps=steps,
+        loss=loss,
+        seconds=time.perf_counter() - t0,
+        **sens,
+    )
 
 
 def main() -> int:
@@ -187,6 +197,7 @@ def main() -> int:
     p.add_argument("--model", default="models/hpdm-shapes-demo")
     p.add_argument("--clips", type=int, default=2000, help="real clips for the probes and the data's means")
     p.add_argument("--rin-steps", type=int, default=0, help="also train the RIN probe for this many steps")
+    p.add_argument("--rin-zero-input", action="store_true", help="also train the RIN probe on zero pixel input")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     setup_threads(args.threads)
@@ -209,6 +220,8 @@ def main() -> int:
     probes = [high_noise_probe(pipe, x0, captions, "linear", 200)]
     if args.rin_steps:
         probes.append(high_noise_probe(pipe, x0, captions, "rin", args.rin_steps))
+        if args.rin_zero_input:
+            probes.append(high_noise_probe(pipe, x0, captions, "rin", args.rin_steps, pixels_in=False))
     print("\n4. probes trained at sigma = 20 only\n" + table(probes, list(probes[0])))
     path = save("diagnose_demo", dict(model=args.model, denoiser=rows, round_trip_mse=rt, sensitivity=sens,
                                       probes=probes))  # fmt: skip
