@@ -59,13 +59,12 @@ class Level0:
         return emb, mask
 
     def __call__(self, x: torch.Tensor, sigma: float, emb, mask) -> torch.Tensor:
-        c_skip, c_out, c_in, c_noise = self.pipe.scheduler.precondition(torch.tensor(float(sigma)))
-        n = x.shape[0]
-        inp = c_in * x if self.pixels_in else torch.zeros_like(x)  # zeros: the model sees positions and text only
+        sched, n, s = self.pipe.scheduler, x.shape[0], torch.tensor(float(sigma))
+        inp = sched.precondition_inputs(x, s) if self.pixels_in else torch.zeros_like(x)  # zeros: positions + text
         box = torch.tensor([0, 0, 0, 1, 1, 1.0]).repeat(n, 1, 1)
-        out = self.model(inp[:, None], timestep=c_noise.repeat(n, 1), boxes=box, encoder_hidden_states=emb,
-                         encoder_attention_mask=mask).sample[:, 0]  # fmt: skip
-        return c_skip * x + c_out * out
+        out = self.model(inp[:, None], timestep=sched.sigma_to_timestep(s).repeat(n, 1), boxes=box,
+                         encoder_hidden_states=emb, encoder_attention_mask=mask).sample[:, 0]  # fmt: skip
+        return sched.denoise(out, x, s)
 
 
 def denoiser_rows(D: Level0, x0, captions, sigmas=(0.3, 1.0, 3.0)) -> list[dict]:
