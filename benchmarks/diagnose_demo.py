@@ -7,15 +7,23 @@ moving-shapes domain (rendered in memory, area-downsampled to the model's level-
    ``c_out * F`` that comes from that token's own pixels (the rest reaches it through the latents).
 2. **Round trip**: re-noise real clips to ``sigma = 1`` and solve the probability-flow ODE back (64 Euler steps);
    the error, and a PNG (row 0 real, row 1 returned).
-3. **Prompt sensitivity** of the high-noise estimate ``x̂0(sigma=20)`` (about the conditional mean of the data): rms
+3. **Which prompt words the denoiser uses**: the increase of its one-step error on real clips at sigma 1 and 4 when
+   one attribute word of each caption is swapped for another value (colour, shape, direction, speed, background).
+   A word the model ignores costs nothing when it is wrong.
+4. **Prompt sensitivity** of the high-noise estimate ``x̂0(sigma=20)`` (about the conditional mean of the data): rms
    change between prompts that differ only in the direction or only in the colour, next to the same difference
    between the data's conditional means.
-4. **Probes** trained only at sigma = 20 on the same clips: a linear map from the masked-mean text embedding to the
-   pixels (always; seconds), and with ``--rin-steps N`` a fresh copy of the model's transformer (minutes).
+5. **Probes** trained only at sigma = 20 on the same clips: a linear map from the masked-mean text embedding to the
+   pixels (always; seconds), with ``--mlp-steps N`` a per-token MLP over (token position + projected text), and
+   with ``--rin-steps N`` a fresh copy of the model's transformer (minutes). Besides the rms sensitivities, each
+   probe reports how much of the data's left-minus-right conditional mean its own left-minus-right estimate
+   reproduces (``lr_projection``: 1 = all of it, 0 = none; ``lr_cosine``: the direction of that difference),
+   averaged over 12 prompt pairs; the MLP also logs that projection along its training run.
 
     .venv/bin/python benchmarks/diagnose_demo.py                                # bundled model, ~1 min
     .venv/bin/python benchmarks/diagnose_demo.py --model DIR --rin-steps 600    # + the RIN probe, ~5 min
     .venv/bin/python benchmarks/diagnose_demo.py --rin-steps 600 --rin-zero-input   # + one on zero input, ~8 min
+    .venv/bin/python benchmarks/diagnose_demo.py --mlp-steps 3000                # + the per-token MLP, ~2 min
 """
 
 from __future__ import annotations
@@ -118,6 +126,36 @@ def sensitivity(D: Level0, sigma: float = 20.0, draws: int = 8) -> dict:
     return {name: (out[0] - out[k + 1]).pow(2).mean().sqrt().item() for k, name in enumerate(VARIANTS)}
 
 
+SWAPS = {
+    "colour": {"red": "blue"},
+    "shape": {"circle": "square", "square": "triangle", "triangle": "circle"},
+    "direction": {"left": "right", "right": "left", "up": "down", "down": "up"},
+    "speed": {"slowly": "quickly", "quickly": "slowly"},
+    "background": {"black": "gray", "gray": "black", "dark blue": "dark green", "dark green": "dark blue"},
+}
+
+
+@torch.no_grad()
+def word_ablation(D: Level0, x0, attrs, captions, sigmas=(1.0, 4.0)) -> list[dict]:
+    """Relative increase of the one-step mse when one attribute word per caption is swapped (colours: red <-> blue
+    for red clips, anything else -> red)."""
+    emb, mask = D.text(captions)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for s in sigmas:
+        x = x0 + s * torch.randn(x0.shape, generator=g)
+        base = (D(x, s, emb, mask) - x0).pow(2).mean().item()
+        row = dict(sigma=s, mse=base)
+        for name, swap in SWAPS.items():
+            wrong = [
+                c.replace(f" {a[name]} ", f" {swap.get(a[name], 'red')} ") for c, a in zip(captions, attrs)
+            ]  # every caption mentions every attribute, so each one changes
+            e, m = D.text(wrong)
+            row[name] = (D(x, s, e, m) - x0).pow(2).mean().item() / base - 1
+        rows.append(row)
+    return rows
+
+
 def data_sensitivity(x0, attrs) -> dict:
     """The same rms differences between the data's conditional means (over every background, shape and speed)."""
 
@@ -131,11 +169,58 @@ def data_sensitivity(x0, attrs) -> dict:
     }  # fmt: skip
 
 
+PAIR_CONTEXTS = [(c, s, b) for c in ("red", "green", "blue") for s in ("circle", "square") for b in ("black", "gray")]
+
+
+def lr_alignment(forward, text, x0, attrs, sigma: float = 20.0) -> dict:
+    """How much of the data's ``mean(left clips) - mean(right clips)`` the estimator's own ``x̂0(left) - x̂0(right)``
+    reproduces at ``sigma`` (same noise for both prompts, averaged over 12 colour/shape/background contexts)."""
+    left, right = ([a["direction"] == d for a in attrs] for d in ("left", "right"))
+    data = x0[left].mean(0) - x0[right].mean(0)
+    prompts = [
+        f"a {c} {s} moving {d} quickly on a {b} background" for c, s, b in PAIR_CONTEXTS for d in ("left", "right")
+    ]
+    emb, mask = text(prompts)
+    noise = sigma * torch.randn(len(PAIR_CONTEXTS), *x0.shape[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = forward(noise.repeat_interleave(2, 0), sigma, emb, mask)
+    model = (out[0::2] - out[1::2]).mean(0)
+    cosine = torch.nn.functional.cosine_similarity(model.flatten(), data.flatten(), dim=0)
+    return dict(lr_projection=((model * data).sum() / (data * data).sum()).item(), lr_cosine=cosine.item())
+
+
+class TokenMLP(torch.nn.Module):
+    """``x̂0`` per token from (sine-cosine token position + projected pooled text): position and prompt meet only
+    by addition, as in the RIN's tokens; the MLP has to learn their interaction."""
+
+    def __init__(self, grid, patch, channels: int, text_dim: int, width: int = 64, hidden: int = 256):
+        super().__init__()
+        from diffusers_hpdm.models.transformer_hpdm import sincos_position_table
+
+        self.grid, self.patch, self.channels = grid, patch, channels
+        self.register_buffer("positions", sincos_position_table(grid, width))
+        self.text = torch.nn.Linear(text_dim, width)
+        out = channels * int(np.prod(patch))
+        self.net = torch.nn.Sequential(
+            torch.nn.LayerNorm(width), torch.nn.Linear(width, hidden), torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, out),
+        )  # fmt: skip
+
+    def forward(self, emb, mask):
+        from einops import rearrange
+
+        keep = mask.float()[..., None]
+        tokens = self.net(self.positions[None] + self.text((emb * keep).sum(1) / keep.sum(1))[:, None])
+        (f, h, w), (pf, ph, pw) = self.grid, self.patch
+        pattern = "n (f h w) (c pf ph pw) -> n c (f pf) (h ph) (w pw)"
+        return rearrange(tokens, pattern, f=f, h=h, w=w, pf=pf, ph=ph, pw=pw, c=self.channels)
+
+
 def high_noise_probe(
-    pipe, x0, captions, which: str, steps: int, sigma: float = 20.0, batch: int = 16, pixels_in: bool = True
+    pipe, x0, captions, attrs, which: str, steps: int, sigma: float = 20.0, batch: int = 16, pixels_in: bool = True
 ) -> dict:
-    """Train ``which`` ("linear" or "rin") from scratch at ``sigma`` only; its final loss and prompt sensitivity.
-    ``pixels_in=False`` feeds the RIN zeros instead of the noisy clip."""
+    """Train ``which`` ("linear", "mlp" or "rin") from scratch at ``sigma`` only; its final loss, prompt sensitivity
+    and left/right alignment with the data. ``pixels_in=False`` feeds the RIN zeros instead of the noisy clip."""
     emb_all, mask_all = Level0(pipe).text(captions)
     torch.manual_seed(0)
     c_out = pipe.scheduler.precondition(torch.tensor(sigma))[1]
@@ -149,6 +234,11 @@ def high_noise_probe(
             return lin((emb * w).sum(1) / w.sum(1)).view(-1, *shape)
 
         probe, forward = Level0(pipe), D
+    elif which == "mlp":
+        cfg = pipe.transformer.config
+        mlp = TokenMLP(pipe.transformer.token_grid, cfg.tokenizer_patch, cfg.in_channels, emb_all.shape[-1])
+        opt = torch.optim.AdamW(mlp.parameters(), lr=1e-3)
+        probe, forward = Level0(pipe), lambda x, s, emb, mask: mlp(emb, mask)
     else:
         from diffusers_hpdm.training.lamb import Lamb
         from diffusers_hpdm.training.params import lamb_param_groups
@@ -162,8 +252,8 @@ def high_noise_probe(
 
     schedule = get_scheduler("cosine", optimizer=opt, num_warmup_steps=min(50, steps // 10), num_training_steps=steps)
     g = torch.Generator().manual_seed(0)
-    run, t0 = 0.0, time.perf_counter()
-    for _ in range(steps):
+    run, t0, curve = 0.0, time.perf_counter(), []
+    for step in range(steps):
         idx = torch.randint(len(x0), (batch,), generator=g)
         x = x0[idx] + sigma * torch.randn(x0[idx].shape, generator=g)
         loss = (forward(x, sigma, emb_all[idx], mask_all[idx]) - x0[idx]).pow(2).mean() / c_out**2
@@ -172,8 +262,11 @@ def high_noise_probe(
         schedule.step()
         opt.zero_grad()
         run = 0.98 * run + 0.02 * loss.item()
+        if which == "mlp" and (step + 1) % max(1, steps // 10) == 0:
+            align = lr_alignment(forward, probe.text, x0, attrs, sigma)
+            curve.append(dict(step=step + 1, loss=run / (1 - 0.98 ** (step + 1)), **align))
     loss = run / (1 - 0.98**steps)
-    if which == "linear":
+    if which in ("linear", "mlp"):
         prompts = [BASE, *VARIANTS.values()]
         emb, mask = probe.text(prompts)
         with torch.no_grad():
@@ -182,13 +275,10 @@ def high_noise_probe(
     else:
         model.eval()
         sens = sensitivity(probe, sigma)
-    return dict(
-        probe=which if pixels_in else f"{which}, zero input",
-        steps=steps,
-        loss=loss,
-        seconds=time.perf_counter() - t0,
-        **sens,
-    )
+    seconds = time.perf_counter() - t0
+    align = lr_alignment(forward, probe.text, x0, attrs, sigma)
+    row = dict(probe=which if pixels_in else f"{which}, zero input", steps=steps, loss=loss, seconds=seconds)
+    return dict(**row, **sens, **align, **({"curve": curve} if curve else {}))
 
 
 def main() -> int:
@@ -196,6 +286,7 @@ def main() -> int:
     p.add_argument("--model", default="models/hpdm-shapes-demo")
     p.add_argument("--clips", type=int, default=2000, help="real clips for the probes and the data's means")
     p.add_argument("--rin-steps", type=int, default=0, help="also train the RIN probe for this many steps")
+    p.add_argument("--mlp-steps", type=int, default=0, help="also train the per-token MLP probe this many steps")
     p.add_argument("--rin-zero-input", action="store_true", help="also train the RIN probe on zero pixel input")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -213,17 +304,30 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     rt = round_trip(D, x0[:4], captions[:4], png=png)
     print(f"\n2. round trip from sigma = 1 (64 Euler steps): mse {rt:.4f}; real (top) vs returned (bottom): {png}")
+    words = word_ablation(D, x0[:256], attrs[:256], captions[:256])
+    print(
+        "\n3. one-step mse increase (fraction) when one word of every caption is wrong\n"
+        + table(words, list(words[0]))
+    )
     sens = dict(model=sensitivity(D), data_conditional_means=data_sensitivity(x0, attrs))
-    print("\n3. rms change of x̂0(sigma=20) between prompts\n" + table([{"": k, **v} for k, v in sens.items()],
+    alignment = lr_alignment(D, D.text, x0, attrs)
+    print(f"model's x̂0(sigma=20) left - right vs the data's: {alignment}")
+    print("\n4. rms change of x̂0(sigma=20) between prompts\n" + table([{"": k, **v} for k, v in sens.items()],
                                                                       ["", *VARIANTS]))  # fmt: skip
-    probes = [high_noise_probe(pipe, x0, captions, "linear", 200)]
+    probes = [high_noise_probe(pipe, x0, captions, attrs, "linear", 200)]
+    if args.mlp_steps:
+        probes.append(high_noise_probe(pipe, x0, captions, attrs, "mlp", args.mlp_steps))
     if args.rin_steps:
-        probes.append(high_noise_probe(pipe, x0, captions, "rin", args.rin_steps))
+        probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps))
         if args.rin_zero_input:
-            probes.append(high_noise_probe(pipe, x0, captions, "rin", args.rin_steps, pixels_in=False))
-    print("\n4. probes trained at sigma = 20 only\n" + table(probes, list(probes[0])))
-    path = save("diagnose_demo", dict(model=args.model, denoiser=rows, round_trip_mse=rt, sensitivity=sens,
-                                      probes=probes))  # fmt: skip
+            probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps, pixels_in=False))
+    columns = [k for k in probes[0] if k != "curve"]
+    print("\n5. probes trained at sigma = 20 only\n" + table(probes, columns))
+    for row in probes:
+        if "curve" in row:
+            print(f"\n{row['probe']} probe along its run\n" + table(row["curve"], list(row["curve"][0])))
+    path = save("diagnose_demo", dict(model=args.model, denoiser=rows, round_trip_mse=rt, word_ablation=words,
+                                      sensitivity=sens, lr_alignment=alignment, probes=probes))  # fmt: skip
     print(f"\nwrote {path}")
     return 0
 

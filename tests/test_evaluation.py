@@ -10,6 +10,7 @@ import torch
 
 from diffusers_hpdm.data import caption, generate_dataset, render_video
 from diffusers_hpdm.evaluation import (
+    border_energy_profile,
     compute_fvd,
     detect_attributes,
     feature_statistics,
@@ -109,6 +110,24 @@ def test_seam_score_smooth_vs_injected_step():
     assert seam_score(stepped, borders) > 3.0
     assert seam_score(stepped, ([8, 24, 40, 56], [8, 24, 40, 56])) < 1.0  # steps are not on these lines
     assert seam_score((stepped * 255).round().astype(np.uint8), borders) > 3.0  # uint8 input
+
+
+def test_border_energy_profile_locates_steps_by_residue():
+    video = _smooth_field((4, 64, 64, 3), length_scale=3.0, seed=0)
+    flat = border_energy_profile(video, 16)
+    assert flat.shape == (16,) and np.all((flat > 0.8) & (flat < 1.2))  # stationary: ~1 at every residue
+    blocky = video.copy()
+    for b in range(0, 64, 16):  # a level offset on every 16-pixel block: steps on borders 16, 32, 48 (residue 0)
+        blocky[:, b : b + 16] += 0.03 * (b // 16 % 2)
+        blocky[:, :, b : b + 16] += 0.03 * (b // 16 % 2)
+    profile = border_energy_profile(blocky, 16)
+    assert profile[0] > 3.0 and np.all(profile[1:] < 1.0)
+    borders_per_residue = np.bincount(np.arange(1, 64) % 16, minlength=16)  # 3 at residue 0 (16, 32, 48), else 4
+    assert np.isclose(profile @ borders_per_residue / borders_per_residue.sum(), 1.0)  # normalised by the mean
+    # residue 0 mod 8 pools residues 0 and 8 mod 16, weighted by their border counts
+    np.testing.assert_allclose(border_energy_profile(blocky, 8)[0], (3 * profile[0] + 4 * profile[8]) / 7)
+    with pytest.raises(ValueError, match="period"):
+        border_energy_profile(video, 0)
 
 
 # ---------------------------------------------------------------- level consistency and flicker

@@ -2,9 +2,17 @@
 
 from .detector import detect_attributes
 from .fvd import compute_fvd, feature_statistics, frechet_distance, i3d_features, load_i3d, preprocess_for_i3d
-from .metrics import level_consistency, prompt_following_accuracy, seam_score, temporal_flicker, tile_edges
+from .metrics import (
+    border_energy_profile,
+    level_consistency,
+    prompt_following_accuracy,
+    seam_score,
+    temporal_flicker,
+    tile_edges,
+)
 
 __all__ = [
+    "border_energy_profile",
     "compute_fvd",
     "detect_attributes",
     "feature_statistics",

@@ -113,6 +113,30 @@ def seam_score(video, boundaries: Sequence[Sequence[int]]) -> float:
     return border / interior
 
 
+def border_energy_profile(video, period: int) -> np.ndarray:
+    r"""Mean gradient energy across the borders at coordinate ``b`` (between pixels ``b - 1`` and ``b``), grouped by
+    ``b mod period`` over both spatial axes and divided by the overall mean: ``(period,)``, about 1 everywhere for a
+    video whose gradients do not depend on position.
+
+    Tells apart what `seam_score` lumps together: with ``period`` = the patch size and 50% overlap, entry 0 and
+    ``period / 2`` are tile borders, the multiples of the tokenizer patch are token borders, and a tiled sampler
+    that adds seams shows as tile borders above the token borders that are not tile borders.
+    """
+    x = _unit(video)
+    if period < 1:
+        raise ValueError(f"period must be >= 1, got {period}.")
+    sums, counts = np.zeros(period), np.zeros(period)
+    for axis in (1, 2):
+        energy = np.sum(np.diff(x, axis=axis) ** 2, axis=-1)  # sample j lies across border j + 1
+        per_border = np.moveaxis(energy, axis, 0).reshape(energy.shape[axis], -1).sum(1)
+        residue = np.arange(1, energy.shape[axis] + 1) % period
+        np.add.at(sums, residue, per_border)
+        np.add.at(counts, residue, energy.size // energy.shape[axis])
+    profile = sums / np.maximum(counts, 1)
+    mean = sums.sum() / max(counts.sum(), 1)
+    return profile / mean if mean > 0 else np.ones(period)
+
+
 def level_consistency(fine, coarse) -> dict[str, float]:
     r"""Area-downsample level l (`fine`) to level l-1's size and compare it with level l-1 (`coarse`).
 

@@ -10,7 +10,14 @@ import torch
 
 from ..data.synthetic import BACKGROUNDS, SPEEDS, caption, heldout_prompts
 from ..geometry import AXES
-from .metrics import level_consistency, prompt_following_accuracy, seam_score, temporal_flicker, tile_edges
+from .metrics import (
+    border_energy_profile,
+    level_consistency,
+    prompt_following_accuracy,
+    seam_score,
+    temporal_flicker,
+    tile_edges,
+)
 
 
 def evaluation_prompts(num_videos: int) -> list[str]:
@@ -46,8 +53,8 @@ def evaluate_pipeline(
     Returns:
         ``{"summary": {...}, "videos": [{prompt, seed}...]}``. The summary holds prompt-following accuracy per
         attribute at every level, the finest level's seam score (gradient energy on tile borders / elsewhere, at the
-        tile borders of the finest level's plan), PSNR of each level against the next finer one downsampled, and the
-        mean temporal flicker. ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``).
+        tile borders of the finest level's plan) and where that energy sits (``border_energy_profile``), PSNR of
+        each level against the next finer one downsampled, and the mean temporal flicker. ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``).
     """
     prompts = prompts or evaluation_prompts(num_videos)
     levels: list[list[np.ndarray]] | None = None
@@ -82,6 +89,13 @@ def evaluate_pipeline(
         "accuracy": prompt_following_accuracy(final, prompts),
         "accuracy_per_level": [prompt_following_accuracy(videos, prompts) for videos in levels],
         "seam_score": float(np.mean([seam_score(v, borders) for v in final])) if H > ph or W > pw else None,
+        # where the border energy sits: finest level by coordinate mod the patch size (tile borders at 0 and, with
+        # overlap, ph / 2; token borders at multiples of the tokenizer patch), and level 0 (one tile, no tiling
+        # seams) by coordinate mod the tokenizer patch
+        "border_energy_profile": np.mean([border_energy_profile(v, ph) for v in final], 0).round(3).tolist(),
+        "level0_token_border_energy": float(
+            np.mean([border_energy_profile(v, cfg.tokenizer_patch[1])[0] for v in levels[0]])
+        ),
         "level_psnr": [
             float(np.mean([level_consistency(f, c)["psnr"] for f, c in zip(levels[k + 1], levels[k])]))
             for k in range(len(levels) - 1)
