@@ -18,12 +18,15 @@ moving-shapes domain (rendered in memory, area-downsampled to the model's level-
    with ``--rin-steps N`` a fresh copy of the model's transformer (minutes). Besides the rms sensitivities, each
    probe reports how much of the data's left-minus-right conditional mean its own left-minus-right estimate
    reproduces (``lr_projection``: 1 = all of it, 0 = none; ``lr_cosine``: the direction of that difference),
-   averaged over 12 prompt pairs; the MLP also logs that projection along its training run.
+   averaged over 12 prompt pairs; the MLP and the RIN also log that projection along their training runs. With
+   ``--rin-input-modulation`` a third RIN probe has the noise-level gain on its pixel input (``input_modulation``).
 
     .venv/bin/python benchmarks/diagnose_demo.py                                # bundled model, ~1 min
     .venv/bin/python benchmarks/diagnose_demo.py --model DIR --rin-steps 600    # + the RIN probe, ~5 min
     .venv/bin/python benchmarks/diagnose_demo.py --rin-steps 600 --rin-zero-input   # + one on zero input, ~8 min
     .venv/bin/python benchmarks/diagnose_demo.py --mlp-steps 3000                # + the per-token MLP, ~2 min
+    .venv/bin/python benchmarks/diagnose_demo.py --rin-steps 1600 --rin-zero-input --rin-input-modulation \
+        --mlp-steps 3000                                                         # the docs' table, ~35 min
 """
 
 from __future__ import annotations
@@ -217,10 +220,20 @@ class TokenMLP(torch.nn.Module):
 
 
 def high_noise_probe(
-    pipe, x0, captions, attrs, which: str, steps: int, sigma: float = 20.0, batch: int = 16, pixels_in: bool = True
+    pipe,
+    x0,
+    captions,
+    attrs,
+    which: str,
+    steps: int,
+    sigma: float = 20.0,
+    batch: int = 16,
+    pixels_in: bool = True,
+    overrides: dict | None = None,
 ) -> dict:
     """Train ``which`` ("linear", "mlp" or "rin") from scratch at ``sigma`` only; its final loss, prompt sensitivity
-    and left/right alignment with the data. ``pixels_in=False`` feeds the RIN zeros instead of the noisy clip."""
+    and left/right alignment with the data, and for the MLP and the RIN that alignment along the run.
+    ``pixels_in=False`` feeds the RIN zeros instead of the noisy clip; ``overrides`` change the RIN's config."""
     emb_all, mask_all = Level0(pipe).text(captions)
     torch.manual_seed(0)
     c_out = pipe.scheduler.precondition(torch.tensor(sigma))[1]
@@ -244,7 +257,7 @@ def high_noise_probe(
         from diffusers_hpdm.training.params import lamb_param_groups
 
         cfg = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
-        model = HPDMTransformer(**{**cfg, "num_levels": 1, "levels_per_block": None}).train()
+        model = HPDMTransformer(**{**cfg, "num_levels": 1, "levels_per_block": None, **(overrides or {})}).train()
         opt = Lamb(lamb_param_groups(model, 0.01), lr=3e-3, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-6)
         probe = Level0(pipe, model, pixels_in)
         forward = probe.__call__
@@ -262,7 +275,7 @@ def high_noise_probe(
         schedule.step()
         opt.zero_grad()
         run = 0.98 * run + 0.02 * loss.item()
-        if which == "mlp" and (step + 1) % max(1, steps // 10) == 0:
+        if which != "linear" and (step + 1) % max(1, steps // 8) == 0:
             align = lr_alignment(forward, probe.text, x0, attrs, sigma)
             curve.append(dict(step=step + 1, loss=run / (1 - 0.98 ** (step + 1)), **align))
     loss = run / (1 - 0.98**steps)
@@ -277,7 +290,10 @@ def high_noise_probe(
         sens = sensitivity(probe, sigma)
     seconds = time.perf_counter() - t0
     align = lr_alignment(forward, probe.text, x0, attrs, sigma)
-    row = dict(probe=which if pixels_in else f"{which}, zero input", steps=steps, loss=loss, seconds=seconds)
+    name = ", ".join(
+        [which, *([] if pixels_in else ["zero input"]), *(f"{k}={v}" for k, v in (overrides or {}).items())]
+    )
+    row = dict(probe=name, steps=steps, loss=loss, seconds=seconds)
     return dict(**row, **sens, **align, **({"curve": curve} if curve else {}))
 
 
@@ -288,6 +304,11 @@ def main() -> int:
     p.add_argument("--rin-steps", type=int, default=0, help="also train the RIN probe for this many steps")
     p.add_argument("--mlp-steps", type=int, default=0, help="also train the per-token MLP probe this many steps")
     p.add_argument("--rin-zero-input", action="store_true", help="also train the RIN probe on zero pixel input")
+    p.add_argument(
+        "--rin-input-modulation",
+        action="store_true",
+        help="also train the RIN probe with input_modulation=True (noisy input, a noise-level gain on the pixels)",
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     setup_threads(args.threads)
@@ -321,6 +342,9 @@ def main() -> int:
         probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps))
         if args.rin_zero_input:
             probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps, pixels_in=False))
+        if args.rin_input_modulation:
+            modulated = dict(input_modulation=True)
+            probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps, overrides=modulated))
     columns = [k for k in probes[0] if k != "curve"]
     print("\n5. probes trained at sigma = 20 only\n" + table(probes, columns))
     for row in probes:

@@ -79,7 +79,13 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
     "kw",
     [
         dict(text_embed_dim=16),
-        dict(text_embed_dim=16, output_modulation=True, activation_fn="gelu", pooled_text_embedding=True),
+        dict(
+            text_embed_dim=16,
+            output_modulation=True,
+            input_modulation=True,
+            activation_fn="gelu",
+            pooled_text_embedding=True,
+        ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
         dict(patch_size=(4, 12, 16), level_growth=(1, 2, 2), tokenizer_patch=(1, 3, 4), num_classes=3),
@@ -220,6 +226,30 @@ def test_conditioning_null_and_masking(pooled):
         ).sample
         torch.testing.assert_close(d1, d2, atol=1e-6, rtol=0)
         assert not torch.allclose(d1, a, atol=1e-4)
+
+
+def test_input_modulation_starts_as_identity_and_can_mute_the_pixels():
+    """At init the gain is 1 (same output as the same weights without it); a gain of 0 makes the output independent
+    of the noisy pixels (positions, noise level and conditioning still reach the tokens)."""
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
+    plain = make(num_classes=4)
+    torch.manual_seed(0)
+    gated = HPDMTransformer(**{**TINY, "num_classes": 4, "input_modulation": True}).eval()
+    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == {"in_modulation.weight", "in_modulation.bias"} and not unexpected
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            gated(x, t, boxes, class_labels=labels).sample, plain(x, t, boxes, class_labels=labels).sample
+        )
+        gated.in_modulation.weight.zero_()
+        gated.in_modulation.bias.fill_(-1.0)  # gain 0 at every noise level: the pixels no longer reach the tokens
+        a = gated(x, t, boxes, class_labels=labels).sample
+        b = gated(torch.randn_like(x), t, boxes, class_labels=labels).sample
+    torch.testing.assert_close(a, b)
+    assert "in_modulation.weight" in HPDMTransformer._zero_init_parameters
 
 
 def test_pooled_text_embedding_starts_at_zero_and_reads_the_prompt():

@@ -104,6 +104,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             summary of the prompt directly. Through the text tokens alone a word must win an attention head before
             it has any effect; a word with a weak effect on the loss (the motion direction of the demo domain) was
             still ignored after 2500 steps. The projection starts at zero. ``False`` (default): tokens only.
+        input_modulation: scale the noisy pixels entering the tokenizer by a gain per pixel value that depends on the
+            noise level, ``1 + Linear(SiLU(t_emb))``, starting at 1 (the input-side twin of ``output_modulation``).
+            At high noise a token's pixel part is unit-variance noise as large as its position code, and one
+            tokenizer serves every noise level, so it cannot mute the pixels where they carry nothing; the gain can.
+            ``False`` (default): the plain tokenizer.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -113,7 +118,12 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
     _no_split_modules = ["RINBlock"]
     _repeated_blocks = ["RINBlock"]
     # Output layers that start at zero: LAMB must not scale their updates by their (zero) norm (`lamb_param_groups`).
-    _zero_init_parameters = ["proj_out.weight", "out_modulation.weight", "pooled_text_proj.weight"]
+    _zero_init_parameters = [
+        "proj_out.weight",
+        "out_modulation.weight",
+        "pooled_text_proj.weight",
+        "in_modulation.weight",
+    ]
     # Embedding tables: no trust ratio or decay (a table's norm says nothing about how far one row should move).
     _embedding_parameters = ["token_positions", "latents", "null_text"]
 
@@ -144,6 +154,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         output_modulation: bool = False,
         activation_fn: str = "gelu-approximate",
         pooled_text_embedding: bool = False,
+        input_modulation: bool = False,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -157,6 +168,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         voxels = in_channels * math.prod(tokenizer_patch)
         pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
         self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
+        self.in_modulation = nn.Linear(latent_dim, voxels) if input_modulation else None
         num_tokens = math.prod(self.token_grid)
         self.token_positions = (
             nn.Parameter(torch.randn(1, num_tokens, token_dim) * 0.02) if token_position_embedding else None
@@ -229,6 +241,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         if self.out_modulation is not None:  # scale 1, shift 0 at init
             nn.init.zeros_(self.out_modulation.weight)
             nn.init.zeros_(self.out_modulation.bias)
+        if self.in_modulation is not None:  # gain 1 at init
+            nn.init.zeros_(self.in_modulation.weight)
+            nn.init.zeros_(self.in_modulation.bias)
         if self.pooled_text_proj is not None:  # no pooled contribution at init
             nn.init.zeros_(self.pooled_text_proj.weight)
             nn.init.zeros_(self.pooled_text_proj.bias)
@@ -271,11 +286,16 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
     # shared pieces
     # ----------------------------------------------------------------------------------------------------------
 
-    def _tokenize(self, x: torch.Tensor, coords: torch.Tensor, ctx_pixels: torch.Tensor | None) -> torch.Tensor:
-        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)`` -> tokens ``(N, T, D_tok)``."""
+    def _tokenize(
+        self, x: torch.Tensor, coords: torch.Tensor, ctx_pixels: torch.Tensor | None, t_emb: torch.Tensor
+    ) -> torch.Tensor:
+        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)``, noise-level embedding ``(N, D_lat)`` -> tokens
+        ``(N, T, D_tok)``."""
         pf, ph, pw = self.config.tokenizer_patch
         pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
         parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
+        if self.in_modulation is not None:
+            parts[0] = parts[0] * (1 + self.in_modulation(nn.functional.silu(t_emb)))[:, None]
         if self.config.context_fusion == "shallow":
             ctx = torch.zeros_like(x) if ctx_pixels is None else ctx_pixels
             parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
@@ -445,10 +465,10 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         ctx_pixels = None
         if self.config.context_fusion == "shallow":
             ctx_pixels = self._shallow_context_joint(x, boxes).flatten(0, 1)
-        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels).unflatten(0, (B, L))  # (B, L, T, Dt)
         t_emb, cond, bias = self._conditioning(
             timestep.reshape(-1), flat_boxes, rep(ehs), rep(ehs_mask), rep(class_labels), rep(drop), dtype
         )
+        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels, t_emb).unflatten(0, (B, L))  # (B, L, T, Dt)
         z = (self.latents[:L].unsqueeze(0) + t_emb.unflatten(0, (B, L))[:, :, None]).to(dtype)  # (B, L, M, Dl)
         cond, bias = cond.unflatten(0, (B, L)), None if bias is None else bias.unflatten(0, (B, L))
         coords = coords.unflatten(0, (B, L))
@@ -523,8 +543,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
                 src = c.pixels[idx].to(x.device, dtype)
                 ctx_pixels = ctx_pixels + self._sample_pixels(src, relative_box(boxes, c.boxes[idx].to(x.device)))
             ctx_pixels = ctx_pixels / level
-        tokens = self._tokenize(x, coords, ctx_pixels)
         t_emb, cond, bias = self._conditioning(timestep, boxes, ehs, ehs_mask, class_labels, drop, dtype)
+        tokens = self._tokenize(x, coords, ctx_pixels, t_emb)
         z = (self.latents[level].unsqueeze(0) + t_emb[:, None]).to(dtype)
         features: list[torch.Tensor | None] = [None] * self.config.num_blocks
         for b in range(self.config.num_blocks):
