@@ -228,17 +228,26 @@ def test_conditioning_null_and_masking(pooled):
         assert not torch.allclose(d1, a, atol=1e-4)
 
 
-def test_input_modulation_starts_as_identity_and_can_mute_the_pixels():
-    """At init the gain is 1 (same output as the same weights without it); a gain of 0 makes the output independent
-    of the noisy pixels (positions, noise level and conditioning still reach the tokens)."""
+def with_option(base_kw: dict, option: str, new_parameters: set[str]):
+    """A model without ``option`` and one with it on the same weights (only ``new_parameters`` are new), plus a
+    joint-forward input: nested boxes, pixels and noise levels for 2 samples x 3 levels."""
     g = torch.Generator().manual_seed(0)
     boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
     x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
-    plain = make(num_classes=4)
+    plain = make(**base_kw)
     torch.manual_seed(0)
-    gated = HPDMTransformer(**{**TINY, "num_classes": 4, "input_modulation": True}).eval()
-    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
-    assert set(missing) == {"in_modulation.weight", "in_modulation.bias"} and not unexpected
+    extended = HPDMTransformer(**{**TINY, **base_kw, option: True}).eval()
+    missing, unexpected = extended.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == new_parameters and not unexpected
+    return plain, extended, (x, t, boxes), g
+
+
+def test_input_modulation_starts_as_identity_and_can_mute_the_pixels():
+    """At init the gain is 1 (same output as the same weights without it); a gain of 0 makes the output independent
+    of the noisy pixels (positions, noise level and conditioning still reach the tokens)."""
+    plain, gated, (x, t, boxes), _ = with_option(
+        dict(num_classes=4), "input_modulation", {"in_modulation.weight", "in_modulation.bias"}
+    )
     labels = torch.tensor([1, 2])
     with torch.no_grad():
         torch.testing.assert_close(
@@ -255,14 +264,9 @@ def test_input_modulation_starts_as_identity_and_can_mute_the_pixels():
 def test_pooled_text_embedding_starts_at_zero_and_reads_the_prompt():
     """The pooled path adds nothing at init (a model with it computes what the same weights compute without it);
     once trained it changes the output with the prompt even when every text token's attention is unchanged."""
-    g = torch.Generator().manual_seed(0)
-    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
-    x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
-    plain = make(text_embed_dim=16)
-    torch.manual_seed(0)
-    pooled = HPDMTransformer(**{**TINY, "text_embed_dim": 16, "pooled_text_embedding": True}).eval()
-    missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
-    assert set(missing) == {"pooled_text_proj.weight", "pooled_text_proj.bias"} and not unexpected
+    plain, pooled, (x, t, boxes), g = with_option(
+        dict(text_embed_dim=16), "pooled_text_embedding", {"pooled_text_proj.weight", "pooled_text_proj.bias"}
+    )
     cond = cond_kwargs(plain, 2, g)
     with torch.no_grad():
         torch.testing.assert_close(pooled(x, t, boxes, **cond).sample, plain(x, t, boxes, **cond).sample)
