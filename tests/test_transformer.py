@@ -85,6 +85,7 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
             input_modulation=True,
             activation_fn="gelu",
             pooled_text_embedding=True,
+            text_layout=True,
         ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
@@ -275,6 +276,36 @@ def test_pooled_text_embedding_starts_at_zero_and_reads_the_prompt():
     assert "pooled_text_proj.weight" in HPDMTransformer._zero_init_parameters
     with pytest.raises(ValueError, match="text_embed_dim"):
         HPDMTransformer(**{**TINY, "pooled_text_embedding": True})
+
+
+def test_text_layout_starts_at_zero_follows_the_prompt_and_global_position():
+    """The layout code adds nothing at init; once trained it changes the output with the prompt, is absent for the
+    null prompt of guidance, and depends on a token's global coordinates, not on where it sits in its tile."""
+    new = {"layout_position.weight", "layout_position.bias", "layout_text.weight", "layout_text.bias"}
+    plain, layout, (x, t, boxes), g = with_option(dict(text_embed_dim=16), "text_layout", new)
+    cond = cond_kwargs(plain, 2, g)
+    drop = torch.tensor([True, False])
+    with torch.no_grad():
+        torch.testing.assert_close(layout(x, t, boxes, **cond).sample, plain(x, t, boxes, **cond).sample)
+        randomize_(layout.layout_text, std=0.5)
+        changed = layout(x, t, boxes, **cond, drop_conditioning=drop).sample
+        reference = plain(x, t, boxes, **cond, drop_conditioning=drop).sample
+        torch.testing.assert_close(changed[0], reference[0])  # the null prompt gets no layout code
+        assert (changed[1] - reference[1]).abs().max() > 1e-3
+        # Two tiles one token apart along w: the code moves with the global position.
+        box = torch.tensor([[0.0, 0.25, 0.25, 0.5, 0.5, 0.5]])
+        step = box[0, 5] / layout.token_grid[2]
+        tiles = torch.cat([box, box + torch.tensor([0, 0, step, 0, 0, 0])])
+        ehs, mask = (
+            cond["encoder_hidden_states"][:1].expand(2, -1, -1),
+            cond["encoder_attention_mask"][:1].expand(2, -1),
+        )
+        code = layout._text_layout(tiles, ehs, mask, None, torch.float32).unflatten(1, layout.token_grid)
+    torch.testing.assert_close(code[1, :, :, :-1], code[0, :, :, 1:])
+    assert (code[0, :, :, 1:] - code[0, :, :, :-1]).abs().max() > 1e-3
+    assert "layout_text.weight" in HPDMTransformer._zero_init_parameters
+    with pytest.raises(ValueError, match="text_embed_dim"):
+        HPDMTransformer(**{**TINY, "text_layout": True})
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,15 @@ from .presets import PRESETS
 from .rin import RINBlock
 
 FUSION_MODES = ("deep", "shallow", "none")
+LAYOUT_FREQUENCIES = 4  # `text_layout`: sin and cos of pi * k * coordinate, k = 1..4, per axis
+
+
+def layout_features(boxes: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Fourier features of every token centre's global coordinates (in ``[0, 1]``): ``(N, T, 6 * K)``."""
+    coords = rearrange(token_coordinates(boxes.float(), grid), "n c f h w -> n (f h w) c")
+    k = torch.arange(1, LAYOUT_FREQUENCIES + 1, dtype=coords.dtype, device=coords.device)
+    angles = (math.pi * coords[..., None] * k).flatten(-2)  # (N, T, 3K)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 @dataclass
@@ -109,6 +118,14 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             At high noise a token's pixel part is unit-variance noise as large as its position code, and one
             tokenizer serves every noise level, so it cannot mute the pixels where they carry nothing; the gain can.
             ``False`` (default): the plain tokenizer.
+        text_layout: add to every token a text-dependent layout code, the elementwise product of a projection of
+            Fourier features of the token's *global* coordinates and a projection of the pooled prompt (masked mean
+            of ``encoder_hidden_states``; zero for the null prompt of guidance). This makes "where things are, given
+            the prompt" a first-order term that a token can read without attention: through the latents alone such a
+            position-by-prompt interaction sits on a long plateau, and with noisy pixels in the tokens the demo model
+            never crossed it (the motion word stayed unused, docs/evaluation.md). Not in the paper; the global
+            coordinates keep it valid for tiles of any level. The text projection starts at zero. ``False``
+            (default): no layout code.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -123,6 +140,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         "out_modulation.weight",
         "pooled_text_proj.weight",
         "in_modulation.weight",
+        "layout_text.weight",
     ]
     # Embedding tables: no trust ratio or decay (a table's norm says nothing about how far one row should move).
     _embedding_parameters = ["token_positions", "latents", "null_text"]
@@ -155,6 +173,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         activation_fn: str = "gelu-approximate",
         pooled_text_embedding: bool = False,
         input_modulation: bool = False,
+        text_layout: bool = False,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -185,6 +204,10 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         if pooled_text_embedding and not text_embed_dim:
             raise ValueError("`pooled_text_embedding=True` needs text conditioning: set `text_embed_dim`.")
         self.pooled_text_proj = nn.Linear(text_embed_dim, latent_dim) if pooled_text_embedding else None
+        if text_layout and not text_embed_dim:
+            raise ValueError("`text_layout=True` needs text conditioning: set `text_embed_dim`.")
+        self.layout_position = nn.Linear(6 * LAYOUT_FREQUENCIES, token_dim) if text_layout else None
+        self.layout_text = nn.Linear(text_embed_dim, token_dim) if text_layout else None
         self.blocks = nn.ModuleList(
             [
                 RINBlock(token_dim, latent_dim, num_heads, num_compute_layers, mlp_ratio, qk_norm, activation_fn)
@@ -244,6 +267,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         if self.in_modulation is not None:  # gain 1 at init
             nn.init.zeros_(self.in_modulation.weight)
             nn.init.zeros_(self.in_modulation.bias)
+        if self.layout_text is not None:  # no layout code at init
+            nn.init.zeros_(self.layout_text.weight)
+            nn.init.zeros_(self.layout_text.bias)
         if self.pooled_text_proj is not None:  # no pooled contribution at init
             nn.init.zeros_(self.pooled_text_proj.weight)
             nn.init.zeros_(self.pooled_text_proj.bias)
@@ -287,10 +313,15 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------------------------------
 
     def _tokenize(
-        self, x: torch.Tensor, coords: torch.Tensor, ctx_pixels: torch.Tensor | None, t_emb: torch.Tensor
+        self,
+        x: torch.Tensor,
+        coords: torch.Tensor,
+        ctx_pixels: torch.Tensor | None,
+        t_emb: torch.Tensor,
+        layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)``, noise-level embedding ``(N, D_lat)`` -> tokens
-        ``(N, T, D_tok)``."""
+        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)``, noise-level embedding ``(N, D_lat)``, optional
+        layout code ``(N, T, D_tok)`` -> tokens ``(N, T, D_tok)``."""
         pf, ph, pw = self.config.tokenizer_patch
         pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
         parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
@@ -301,6 +332,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
         parts.append(coords)
         tokens = self.tokenizer(torch.cat(parts, dim=-1))  # (N, T, D_tok)
+        if layout is not None:
+            tokens = tokens + layout
         return tokens if self.token_positions is None else tokens + self.token_positions.to(tokens.dtype)
 
     def _detokenize(self, tokens: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
@@ -381,6 +414,19 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             bias = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(~keys, float("-inf"))
             bias = bias[:, None, :]  # (N, 1, M + S)
         return t_emb, cond, bias
+
+    def _text_layout(self, boxes, ehs, mask, drop, dtype) -> torch.Tensor | None:
+        """The ``text_layout`` code ``(N, T, D_tok)``, or ``None`` when the option is off or there is no text."""
+        if self.layout_text is None or ehs is None:
+            return None
+        if drop is None:
+            drop = torch.zeros(ehs.shape[0], dtype=torch.bool, device=ehs.device)
+        weights = torch.ones(ehs.shape[:2], device=ehs.device) if mask is None else mask.to(ehs.device).float()
+        weights = weights * ~drop.to(ehs.device).bool()[:, None]
+        pooled = (ehs.float() * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
+        text = self.layout_text(pooled.to(dtype)) * (~drop.to(ehs.device).bool()).to(dtype)[:, None]  # (N, Dt)
+        position = self.layout_position(layout_features(boxes, self.token_grid).to(dtype))  # (N, T, Dt)
+        return position * text[:, None]
 
     def _pooled_text(self, ehs: torch.Tensor, mask: torch.Tensor | None, drop: torch.Tensor, dtype) -> torch.Tensor:
         """``pooled_text_proj`` of the mean of the unmasked text embeddings ``(N, D)``; zero where dropped (CFG)."""
@@ -468,7 +514,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         t_emb, cond, bias = self._conditioning(
             timestep.reshape(-1), flat_boxes, rep(ehs), rep(ehs_mask), rep(class_labels), rep(drop), dtype
         )
-        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels, t_emb).unflatten(0, (B, L))  # (B, L, T, Dt)
+        layout = self._text_layout(flat_boxes, rep(ehs), rep(ehs_mask), rep(drop), dtype)
+        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels, t_emb, layout).unflatten(0, (B, L))
         z = (self.latents[:L].unsqueeze(0) + t_emb.unflatten(0, (B, L))[:, :, None]).to(dtype)  # (B, L, M, Dl)
         cond, bias = cond.unflatten(0, (B, L)), None if bias is None else bias.unflatten(0, (B, L))
         coords = coords.unflatten(0, (B, L))
@@ -544,7 +591,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
                 ctx_pixels = ctx_pixels + self._sample_pixels(src, relative_box(boxes, c.boxes[idx].to(x.device)))
             ctx_pixels = ctx_pixels / level
         t_emb, cond, bias = self._conditioning(timestep, boxes, ehs, ehs_mask, class_labels, drop, dtype)
-        tokens = self._tokenize(x, coords, ctx_pixels, t_emb)
+        tokens = self._tokenize(x, coords, ctx_pixels, t_emb, self._text_layout(boxes, ehs, ehs_mask, drop, dtype))
         z = (self.latents[level].unsqueeze(0) + t_emb[:, None]).to(dtype)
         features: list[torch.Tensor | None] = [None] * self.config.num_blocks
         for b in range(self.config.num_blocks):
