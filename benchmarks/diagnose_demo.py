@@ -19,7 +19,9 @@ moving-shapes domain (rendered in memory, area-downsampled to the model's level-
    probe reports how much of the data's left-minus-right conditional mean its own left-minus-right estimate
    reproduces (``lr_projection``: 1 = all of it, 0 = none; ``lr_cosine``: the direction of that difference),
    averaged over 12 prompt pairs; the MLP and the RIN also log that projection along their training runs. With
-   ``--rin-input-modulation`` a third RIN probe has the noise-level gain on its pixel input (``input_modulation``).
+   ``--rin-input-modulation`` a third RIN probe has the noise-level gain on its pixel input (``input_modulation``);
+   ``--rin-option NAME`` (repeatable) adds one more RIN probe per boolean transformer option turned on, e.g.
+   ``text_layout``.
 
     .venv/bin/python benchmarks/diagnose_demo.py                                # bundled model, ~1 min
     .venv/bin/python benchmarks/diagnose_demo.py --model DIR --rin-steps 600    # + the RIN probe, ~5 min
@@ -309,6 +311,13 @@ def main() -> int:
         action="store_true",
         help="also train the RIN probe with input_modulation=True (noisy input, a noise-level gain on the pixels)",
     )
+    p.add_argument(
+        "--rin-option",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also train a RIN probe with this boolean transformer option on (repeatable), e.g. text_layout",
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     setup_threads(args.threads)
@@ -345,6 +354,10 @@ def main() -> int:
         if args.rin_input_modulation:
             modulated = dict(input_modulation=True)
             probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps, overrides=modulated))
+        for option in args.rin_option:
+            if option not in pipe.transformer.config:
+                raise SystemExit(f"--rin-option {option}: not an HPDMTransformer option")
+            probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps, overrides={option: True}))
     columns = [k for k in probes[0] if k != "curve"]
     print("\n5. probes trained at sigma = 20 only\n" + table(probes, columns))
     for row in probes:
