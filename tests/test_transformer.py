@@ -86,6 +86,7 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
             activation_fn="gelu",
             pooled_text_embedding=True,
             text_layout=True,
+            input_gate_sigma=2.0,
         ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
@@ -276,6 +277,26 @@ def test_pooled_text_embedding_starts_at_zero_and_reads_the_prompt():
     assert "pooled_text_proj.weight" in HPDMTransformer._zero_init_parameters
     with pytest.raises(ValueError, match="text_embed_dim"):
         HPDMTransformer(**{**TINY, "pooled_text_embedding": True})
+
+
+def test_input_gate_equals_scaling_the_pixels_by_the_gate():
+    """``input_gate_sigma`` is a fixed gain on the pixels: the gated model computes what the same weights compute on
+    pixels scaled by ``s_g / sqrt(s_g^2 + sigma^2)``, with ``sigma = exp(4 c_noise)`` per patch."""
+    plain = make(num_classes=4)
+    gated = HPDMTransformer(**{**TINY, "num_classes": 4, "input_gate_sigma": 2.0}).eval()
+    gated.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    x = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g)
+    sigma = torch.tensor([[0.1, 2.0, 20.0], [80.0, 1.0, 0.5]])
+    t, labels = sigma.log() / 4, torch.tensor([1, 2])
+    gain = 2.0 / torch.sqrt(4.0 + sigma**2)
+    with torch.no_grad():
+        expected = plain(x * gain[..., None, None, None, None], t, boxes, class_labels=labels).sample
+        torch.testing.assert_close(gated(x, t, boxes, class_labels=labels).sample, expected)
+    assert 0.09 < gain[0, 2] < 0.1 and gain[0, 0] > 0.99  # sigma 20: a tenth; sigma 0.1: untouched
+    with pytest.raises(ValueError, match="input_gate_sigma"):
+        HPDMTransformer(**{**TINY, "input_gate_sigma": 0.0})
 
 
 def test_text_layout_starts_at_zero_follows_the_prompt_and_global_position():

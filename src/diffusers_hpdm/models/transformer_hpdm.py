@@ -126,6 +126,12 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             never crossed it (the motion word stayed unused, docs/evaluation.md). Not in the paper; the global
             coordinates keep it valid for tiles of any level. The text projection starts at zero. ``False``
             (default): no layout code.
+        input_gate_sigma: if set, scale the noisy pixels entering the tokenizer by the fixed gain
+            ``g = s_g / sqrt(s_g^2 + sigma^2)`` (``s_g`` = this value, ``sigma = exp(4 * timestep)``): about 1 below
+            ``s_g``, falling as ``s_g / sigma`` above it. ``c_in`` gives the pixels unit variance at every noise
+            level, so at high noise they are unit-variance noise as large as the position code; the zero-input probe
+            of docs/evaluation.md learns the prompt's layout within ~800 steps where the noisy-input one had not
+            started after 1600. Not in the paper. ``None`` (default): no gate.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -174,6 +180,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         pooled_text_embedding: bool = False,
         input_modulation: bool = False,
         text_layout: bool = False,
+        input_gate_sigma: float | None = None,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -204,6 +211,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         if pooled_text_embedding and not text_embed_dim:
             raise ValueError("`pooled_text_embedding=True` needs text conditioning: set `text_embed_dim`.")
         self.pooled_text_proj = nn.Linear(text_embed_dim, latent_dim) if pooled_text_embedding else None
+        if input_gate_sigma is not None and not input_gate_sigma > 0:
+            raise ValueError(f"`input_gate_sigma` must be a positive sigma or None, got {input_gate_sigma}.")
         if text_layout and not text_embed_dim:
             raise ValueError("`text_layout=True` needs text conditioning: set `text_embed_dim`.")
         self.layout_position = nn.Linear(6 * LAYOUT_FREQUENCIES, token_dim) if text_layout else None
@@ -318,13 +327,18 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         coords: torch.Tensor,
         ctx_pixels: torch.Tensor | None,
         t_emb: torch.Tensor,
+        timestep: torch.Tensor,
         layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)``, noise-level embedding ``(N, D_lat)``, optional
-        layout code ``(N, T, D_tok)`` -> tokens ``(N, T, D_tok)``."""
+        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)``, noise-level embedding ``(N, D_lat)``, ``c_noise``
+        ``(N,)``, optional layout code ``(N, T, D_tok)`` -> tokens ``(N, T, D_tok)``."""
         pf, ph, pw = self.config.tokenizer_patch
         pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
         parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
+        if self.config.input_gate_sigma is not None:
+            s_g = self.config.input_gate_sigma
+            sigma = torch.exp(4 * timestep.float())
+            parts[0] = parts[0] * (s_g / torch.sqrt(s_g**2 + sigma**2)).to(x.dtype)[:, None, None]
         if self.in_modulation is not None:
             parts[0] = parts[0] * (1 + self.in_modulation(nn.functional.silu(t_emb)))[:, None]
         if self.config.context_fusion == "shallow":
@@ -515,7 +529,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             timestep.reshape(-1), flat_boxes, rep(ehs), rep(ehs_mask), rep(class_labels), rep(drop), dtype
         )
         layout = self._text_layout(flat_boxes, rep(ehs), rep(ehs_mask), rep(drop), dtype)
-        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels, t_emb, layout).unflatten(0, (B, L))
+        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels, t_emb, timestep.reshape(-1), layout)
+        tokens = tokens.unflatten(0, (B, L))  # (B, L, T, Dt)
         z = (self.latents[:L].unsqueeze(0) + t_emb.unflatten(0, (B, L))[:, :, None]).to(dtype)  # (B, L, M, Dl)
         cond, bias = cond.unflatten(0, (B, L)), None if bias is None else bias.unflatten(0, (B, L))
         coords = coords.unflatten(0, (B, L))
@@ -591,7 +606,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
                 ctx_pixels = ctx_pixels + self._sample_pixels(src, relative_box(boxes, c.boxes[idx].to(x.device)))
             ctx_pixels = ctx_pixels / level
         t_emb, cond, bias = self._conditioning(timestep, boxes, ehs, ehs_mask, class_labels, drop, dtype)
-        tokens = self._tokenize(x, coords, ctx_pixels, t_emb, self._text_layout(boxes, ehs, ehs_mask, drop, dtype))
+        layout = self._text_layout(boxes, ehs, ehs_mask, drop, dtype)
+        tokens = self._tokenize(x, coords, ctx_pixels, t_emb, timestep, layout)
         z = (self.latents[level].unsqueeze(0) + t_emb[:, None]).to(dtype)
         features: list[torch.Tensor | None] = [None] * self.config.num_blocks
         for b in range(self.config.num_blocks):
