@@ -433,21 +433,24 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         """The ``text_layout`` code ``(N, T, D_tok)``, or ``None`` when the option is off or there is no text."""
         if self.layout_text is None or ehs is None:
             return None
-        if drop is None:
-            drop = torch.zeros(ehs.shape[0], dtype=torch.bool, device=ehs.device)
-        weights = torch.ones(ehs.shape[:2], device=ehs.device) if mask is None else mask.to(ehs.device).float()
-        weights = weights * ~drop.to(ehs.device).bool()[:, None]
-        pooled = (ehs.float() * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
-        text = self.layout_text(pooled.to(dtype)) * (~drop.to(ehs.device).bool()).to(dtype)[:, None]  # (N, Dt)
+        text = self._project_pooled(self.layout_text, ehs, mask, drop, dtype)  # (N, Dt)
         position = self.layout_position(layout_features(boxes, self.token_grid).to(dtype))  # (N, T, Dt)
         return position * text[:, None]
 
     def _pooled_text(self, ehs: torch.Tensor, mask: torch.Tensor | None, drop: torch.Tensor, dtype) -> torch.Tensor:
         """``pooled_text_proj`` of the mean of the unmasked text embeddings ``(N, D)``; zero where dropped (CFG)."""
+        return self._project_pooled(self.pooled_text_proj, ehs, mask, drop, dtype)
+
+    @staticmethod
+    def _project_pooled(proj: nn.Linear, ehs, mask: torch.Tensor | None, drop: torch.Tensor | None, dtype):
+        """``proj`` of the masked mean of the text embeddings ``(N, D)``; zero for dropped rows (CFG)."""
+        keep = torch.ones(ehs.shape[0], dtype=torch.bool, device=ehs.device)
+        if drop is not None:
+            keep = ~drop.to(ehs.device).bool()
         weights = torch.ones(ehs.shape[:2], device=ehs.device) if mask is None else mask.to(ehs.device).float()
-        weights = weights * ~drop.to(ehs.device)[:, None]
+        weights = weights * keep[:, None]
         pooled = (ehs.float() * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
-        return self.pooled_text_proj(pooled.to(dtype)) * (~drop).to(dtype)[:, None]
+        return proj(pooled.to(dtype)) * keep.to(dtype)[:, None]
 
     def _run_block(self, b: int, x, z, cond, bias):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
