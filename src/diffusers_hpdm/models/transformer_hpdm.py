@@ -123,15 +123,15 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             of ``encoder_hidden_states``; zero for the null prompt of guidance). This makes "where things are, given
             the prompt" a first-order term that a token can read without attention: through the latents alone such a
             position-by-prompt interaction sits on a long plateau, and with noisy pixels in the tokens the demo model
-            never crossed it (the motion word stayed unused, docs/evaluation.md). Not in the paper; the global
-            coordinates keep it valid for tiles of any level. The text projection starts at zero. ``False``
-            (default): no layout code.
+            never crossed it. Experimental: with it the demo base did not learn the motion word in 2500 steps either
+            (docs/evaluation.md). Not in the paper; the global coordinates keep it valid for tiles of any level. The
+            text projection starts at zero. ``False`` (default): no layout code.
         input_gate_sigma: if set, scale the noisy pixels entering the tokenizer by the fixed gain
             ``g = s_g / sqrt(s_g^2 + sigma^2)`` (``s_g`` = this value, ``sigma = exp(4 * timestep)``): about 1 below
             ``s_g``, falling as ``s_g / sigma`` above it. ``c_in`` gives the pixels unit variance at every noise
-            level, so at high noise they are unit-variance noise as large as the position code; the zero-input probe
-            of docs/evaluation.md learns the prompt's layout within ~800 steps where the noisy-input one had not
-            started after 1600. Not in the paper. ``None`` (default): no gate.
+            level, so at high noise they are unit-variance noise as large as the position code. Experimental: it costs
+            nothing in denoising but did not make the demo base learn the motion word (docs/evaluation.md). Assumes
+            the scheduler's ``c_noise = log(sigma) / 4``. Not in the paper. ``None`` (default): no gate.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -528,10 +528,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         ctx_pixels = None
         if self.config.context_fusion == "shallow":
             ctx_pixels = self._shallow_context_joint(x, boxes).flatten(0, 1)
+        ehs, ehs_mask, drop = rep(ehs), rep(ehs_mask), rep(drop)
         t_emb, cond, bias = self._conditioning(
-            timestep.reshape(-1), flat_boxes, rep(ehs), rep(ehs_mask), rep(class_labels), rep(drop), dtype
+            timestep.reshape(-1), flat_boxes, ehs, ehs_mask, rep(class_labels), drop, dtype
         )
-        layout = self._text_layout(flat_boxes, rep(ehs), rep(ehs_mask), rep(drop), dtype)
+        layout = self._text_layout(flat_boxes, ehs, ehs_mask, drop, dtype)
         tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels, t_emb, timestep.reshape(-1), layout)
         tokens = tokens.unflatten(0, (B, L))  # (B, L, T, Dt)
         z = (self.latents[:L].unsqueeze(0) + t_emb.unflatten(0, (B, L))[:, :, None]).to(dtype)  # (B, L, M, Dl)
