@@ -121,15 +121,16 @@ def build_transformer(args, text_encoder, num_classes: int | None) -> HPDMTransf
 
 def build_scheduler(args, transformer: HPDMTransformer) -> HPDMScheduler:
     """The base's scheduler when fine-tuning (its sampler settings and noise shift carry over), else a new one;
-    ``--p_mean``/``--p_std`` given explicitly replace the training sigma distribution in either case."""
-    given = {k: getattr(args, k) for k in ("p_mean", "p_std") if getattr(args, k) is not None}
+    ``--p_mean``/``--p_std``/``--high_noise_*`` given explicitly replace the training sigma distribution in either
+    case."""
+    keys = ("p_mean", "p_std", "high_noise_fraction", "high_noise_p_mean", "high_noise_p_std")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if args.pretrained_base and (Path(args.pretrained_base) / "scheduler").is_dir():
         scheduler = HPDMScheduler.from_pretrained(args.pretrained_base, subfolder="scheduler")
         scheduler.register_to_config(**given)
         return scheduler
     return HPDMScheduler(
-        p_mean=given.get("p_mean", -1.2),
-        p_std=given.get("p_std", 1.2),
+        **given,
         level_growth=tuple(transformer.config.level_growth),
         level_noise_shift=args.level_noise_shift,
     )

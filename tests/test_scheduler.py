@@ -387,6 +387,37 @@ def test_training_sigmas_lognormal_per_level_and_deterministic():
     assert torch.equal(rows[1:], alone)
 
 
+def test_training_sigmas_high_noise_mixture():
+    n, fraction = 20_000, 0.25
+    # fraction 0 (the default) draws exactly what the single log-normal always drew
+    single = HPDMScheduler(p_mean=-0.4, p_std=1.4)
+    z = torch.randn(n, 3, generator=torch.Generator().manual_seed(3))
+    expected = (-0.4 + torch.arange(3) * math.log(single.noise_shift) + 1.4 * z).exp()
+    assert torch.equal(single.sample_training_sigmas(n, 3, generator=torch.Generator().manual_seed(3)), expected)
+    # a main component far from N(3, 0.1) (6 std apart) tells the two apart exactly
+    mixed = HPDMScheduler(p_mean=-2.0, p_std=0.5, high_noise_fraction=fraction)
+    log_sigma = mixed.sample_training_sigmas(n, 3, generator=torch.Generator().manual_seed(3)).double().log()
+    high = log_sigma[:, 0] > 1.0
+    assert abs(high.double().mean().item() - fraction) < 4 * math.sqrt(fraction * (1 - fraction) / n)
+    assert abs(log_sigma[high, 0].mean().item() - 3.0) < 0.01 and abs(log_sigma[high, 0].std().item() - 0.1) < 0.01
+    assert abs(log_sigma[~high, 0].mean().item() + 2.0) < 0.02 and abs(log_sigma[~high, 0].std().item() - 0.5) < 0.02
+    # the per-level shift applies to both components
+    shift = log_sigma[:, 2] - log_sigma[:, 0]
+    assert abs(shift.mean().item() - 2 * math.log(mixed.noise_shift)) < 0.03  # 4 std of the mean
+    # one generator per row still decides its row alone
+    rows = mixed.sample_training_sigmas(3, 2, generator=[torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    alone = mixed.sample_training_sigmas(1, 2, generator=[torch.Generator().manual_seed(6)])
+    assert torch.equal(rows[2:], alone)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(high_noise_fraction=1.5), dict(high_noise_fraction=-0.1), dict(high_noise_p_std=0)]
+)
+def test_bad_high_noise_mixture_raises(kwargs):
+    with pytest.raises(ValueError, match="high_noise"):
+        HPDMScheduler(**kwargs)
+
+
 def test_starting_mid_schedule_picks_the_first_evaluation_of_an_interval():
     scheduler = HPDMScheduler()
     scheduler.set_timesteps(6)

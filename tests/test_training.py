@@ -125,6 +125,27 @@ def test_loss_draws_nested_boxes_and_sigmas_shifted_per_level():
     assert 0.15 < call["drop"].float().mean().item() < 0.35
 
 
+def test_loss_keeps_the_conditioning_of_high_noise_samples_when_asked():
+    scheduler = HPDMScheduler(level_growth=GROWTH, high_noise_fraction=0.5)
+    B = 64
+    videos = _videos(B)
+    runs = {}
+    for keep in (None, 10.0):
+        model = OracleModel(scheduler, videos, "zeros")
+        out = hpdm_loss(
+            model, scheduler, videos, None, None, None, sample_generators(1, 0, range(B)),
+            cond_drop_prob=0.5, keep_condition_above_sigma=keep,
+        )  # fmt: skip
+        runs[keep] = out
+        assert torch.equal(model.calls[0]["drop"], out.drop_conditioning)
+    everywhere, kept = runs[None], runs[10.0]
+    assert torch.equal(everywhere.sigmas, kept.sigmas)  # the same draws: only the dropout of high rows changes
+    high = everywhere.sigmas[:, 0] > 10
+    assert 16 < high.sum() < 48 and everywhere.drop_conditioning[high].any()
+    assert not kept.drop_conditioning[high].any()
+    assert torch.equal(kept.drop_conditioning[~high], everywhere.drop_conditioning[~high])
+
+
 def test_loss_randomness_is_per_sample():
     """With one generator per sample, splitting a batch (over processes) draws exactly the same per sample."""
     scheduler = HPDMScheduler(level_growth=GROWTH)

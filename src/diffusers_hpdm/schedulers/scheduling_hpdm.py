@@ -50,6 +50,11 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         rho (`float`, defaults to 7.0): Exponent of the Karras sigma grid.
         p_mean (`float`, defaults to -1.2): Mean of `ln(sigma)` at level 0 during training.
         p_std (`float`, defaults to 1.2): Standard deviation of `ln(sigma)` during training.
+        high_noise_fraction (`float`, defaults to 0.0): Fraction of training rows whose level-0 `ln(sigma)` is drawn
+            from a second log-normal, `N(high_noise_p_mean, high_noise_p_std)`, instead (not in the paper; see
+            `sample_training_sigmas`). 0 keeps the single log-normal.
+        high_noise_p_mean (`float`, defaults to 3.0): Mean of `ln(sigma)` of that component (sigma ~ 20).
+        high_noise_p_std (`float`, defaults to 0.1): Its standard deviation.
         level_growth (`tuple[int, int, int]`, defaults to `(2, 2, 2)`): Per-axis (F, H, W) growth between levels.
         level_noise_shift (`float`, *optional*): Sigma multiplier per level; `None` means `sqrt(prod(level_growth))`.
         level_steps (`list[int]`, *optional*): Explicit step count per level, overriding `N // 2**level`.
@@ -75,6 +80,9 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         rho: float = 7.0,
         p_mean: float = -1.2,
         p_std: float = 1.2,
+        high_noise_fraction: float = 0.0,
+        high_noise_p_mean: float = 3.0,
+        high_noise_p_std: float = 0.1,
         level_growth: tuple[int, ...] | list[int] = (2, 2, 2),
         level_noise_shift: float | None = None,
         level_steps: list[int] | None = None,
@@ -90,6 +98,11 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"Need 0 < sigma_min < sigma_max, got {sigma_min=} and {sigma_max=}; swap or fix them.")
         if sigma_data <= 0 or p_std <= 0 or rho <= 0:
             raise ValueError(f"sigma_data, p_std and rho must be positive, got {sigma_data=}, {p_std=}, {rho=}.")
+        if not 0 <= high_noise_fraction <= 1 or high_noise_p_std <= 0:
+            raise ValueError(
+                f"Need 0 <= high_noise_fraction <= 1 and high_noise_p_std > 0, got {high_noise_fraction=} and "
+                f"{high_noise_p_std=}."
+            )
         if len(level_growth) != 3 or any(int(g) < 1 for g in level_growth):
             raise ValueError(f"level_growth must be three per-axis factors >= 1 (F, H, W), got {level_growth}.")
         if level_noise_shift is not None and level_noise_shift <= 0:
@@ -178,6 +191,11 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         """
         Draw training sigmas of shape `(batch_size, num_levels)` with `ln(sigma_l) ~ N(p_mean + l*ln(shift), p_std)`.
 
+        With `high_noise_fraction > 0` each row is drawn, with that probability, from `N(high_noise_p_mean +
+        l*ln(shift), high_noise_p_std)` instead: a two-component mixture that guarantees a share of every batch at
+        high noise, where the loss is the fit of the prompt's conditional mean (the layout) and the single
+        log-normal puts few samples.
+
         Args:
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row.
         """
@@ -185,7 +203,15 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"batch_size and num_levels must be >= 1, got {batch_size} and {num_levels}.")
         z = randn_tensor((batch_size, num_levels), generator=generator, device=device, dtype=dtype)
         levels = torch.arange(num_levels, device=z.device, dtype=dtype)
-        return (self.config.p_mean + levels * math.log(self.noise_shift) + self.config.p_std * z).exp()
+        mean = torch.full((batch_size, 1), float(self.config.p_mean), device=z.device, dtype=dtype)
+        std = torch.full_like(mean, float(self.config.p_std))
+        fraction = self.config.high_noise_fraction
+        if fraction > 0:  # drawn only then, so that the single log-normal's random stream is unchanged
+            u = randn_tensor((batch_size, 1), generator=generator, device=device, dtype=dtype)
+            high = torch.special.ndtr(u) < fraction  # a uniform draw through the normal CDF, per-row generators
+            mean = torch.where(high, float(self.config.high_noise_p_mean), mean)
+            std = torch.where(high, float(self.config.high_noise_p_std), std)
+        return (mean + levels * math.log(self.noise_shift) + std * z).exp()
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, sigmas: Sigma) -> torch.Tensor:
         """`x0 + sigma * eps`; `sigmas` (not timesteps) is a float, `(B,)` or `(B, L)` for `(B, [L,] C, F, H, W)`."""
