@@ -1,5 +1,5 @@
 """Why a trained text-to-video HPDM misses the prompt's motion direction: the measurements behind the "What limits
-it" and "Where the direction goes missing" sections of docs/evaluation.md, on real level-0 clips of the synthetic
+it" section of docs/evaluation.md and behind docs/direction.md, on real level-0 clips of the synthetic
 moving-shapes domain (rendered in memory, area-downsampled to the model's level-0 canvas).
 
 1. **Denoiser**: one-step error of ``x̂0 = D(x0 + sigma * n)`` against the best per-pixel linear estimate

@@ -108,7 +108,7 @@ def finish_card(args, summary: dict) -> None:
             "models see hundreds of millions): it follows the colour in the prompt, but its level 0 draws the object "
             "as several ragged blobs at the granularity of its 4x4-pixel tokens rather than one shape moving "
             "consistently, so shape and direction are near chance and the token edges (which coincide with tile "
-            "borders) raise the seam score. docs/evaluation.md has the diagnosis and what was tried."
+            "borders) raise the seam score. docs/direction.md has the diagnosis and what was tried."
         ),
         example_prompt="a red circle moving right slowly on a gray background",
         training=training,

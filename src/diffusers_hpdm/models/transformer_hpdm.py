@@ -103,7 +103,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             linear ramp: latents cannot single out a position, and samples come out as scattered blobs. The table
             starts as a 3D sine-cosine code (DiT/MAE-style, entries in [-1, 1]) rather than RIN's std-0.02 noise: at
             high noise a token's pixel part is ~10x larger than a 0.02-scale table, so tokens barely knew their
-            frame and the demo model never learned the motion direction (docs/evaluation.md).
+            frame and the demo model never learned the motion direction (docs/direction.md).
         output_modulation: modulate the output head's normalisation by the noise level (DiT's adaLN-zero final
             layer). At low noise ``F`` must output the noise itself, scaled by ``~1/sigma``; a plain LayerNorm +
             linear readout of the tokens cannot apply a noise-dependent gain. ``False`` (default, as in RIN): the
@@ -124,13 +124,13 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             the prompt" a first-order term that a token can read without attention: through the latents alone such a
             position-by-prompt interaction sits on a long plateau, and with noisy pixels in the tokens the demo model
             never crossed it. Experimental: with it the demo base did not learn the motion word in 2500 steps either
-            (docs/evaluation.md). Not in the paper; the global coordinates keep it valid for tiles of any level. The
+            (docs/direction.md). Not in the paper; the global coordinates keep it valid for tiles of any level. The
             text projection starts at zero. ``False`` (default): no layout code.
         input_gate_sigma: if set, scale the noisy pixels entering the tokenizer by the fixed gain
             ``g = s_g / sqrt(s_g^2 + sigma^2)`` (``s_g`` = this value, ``sigma = exp(4 * timestep)``): about 1 below
             ``s_g``, falling as ``s_g / sigma`` above it. ``c_in`` gives the pixels unit variance at every noise
             level, so at high noise they are unit-variance noise as large as the position code. Experimental: it costs
-            nothing in denoising but did not make the demo base learn the motion word (docs/evaluation.md). Assumes
+            nothing in denoising but did not make the demo base learn the motion word (docs/direction.md). Assumes
             the scheduler's ``c_noise = log(sigma) / 4``. Not in the paper. ``None`` (default): no gate.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
