@@ -75,6 +75,37 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
     return worst
 
 
+def test_text_layout_sigma_scales_the_layout_code_by_the_complementary_gate():
+    """``text_layout_sigma`` multiplies the layout code of each patch by ``sigma / sqrt(s_l^2 + sigma^2)``: nothing
+    else in a token changes, the code is nearly gone at low noise and nearly whole at high noise."""
+    kw = {**TINY, "text_embed_dim": 16, "text_layout": True}
+    ungated = HPDMTransformer(**kw).eval()
+    randomize_(ungated.layout_text, std=0.5)
+    gated = HPDMTransformer(**{**kw, "text_layout_sigma": 2.0}).eval()
+    gated.load_state_dict(ungated.state_dict())
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(4, TINY["patch_size"], 1, generator=g)[:, 0]  # (N, 6)
+    x = torch.randn(4, 3, *TINY["patch_size"], generator=g)
+    sigma = torch.tensor([0.002, 1.0, 2.0, 80.0])
+    t = sigma.log() / 4
+    cond = cond_kwargs(ungated, 4, g)
+    ehs, mask = cond["encoder_hidden_states"], cond["encoder_attention_mask"]
+    coords = ungated._coords(boxes, torch.float32)
+    with torch.no_grad():
+        code = ungated._text_layout(boxes, ehs, mask, None, torch.float32)  # (N, T, D)
+        args = (x, coords, None, torch.zeros(4, ungated.config.latent_dim), t)
+        bare = ungated._tokenize(*args)
+        delta_ungated = ungated._tokenize(*args, layout=code) - bare
+        delta_gated = gated._tokenize(*args, layout=code) - bare
+    gain = sigma / torch.sqrt(4.0 + sigma**2)
+    torch.testing.assert_close(delta_ungated, code)
+    torch.testing.assert_close(delta_gated, code * gain[:, None, None])
+    assert gain[0] < 1e-3 and abs(gain[2] - 0.5**0.5) < 1e-6 and gain[3] > 0.99
+    for bad in (dict(text_layout_sigma=0.0), dict(text_layout=False, text_layout_sigma=1.0)):
+        with pytest.raises(ValueError, match="text_layout_sigma"):
+            HPDMTransformer(**{**kw, **bad})
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -87,6 +118,7 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
             pooled_text_embedding=True,
             text_layout=True,
             input_gate_sigma=2.0,
+            text_layout_sigma=2.0,
         ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),

@@ -132,6 +132,12 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             level, so at high noise they are unit-variance noise as large as the position code. Experimental: it costs
             nothing in denoising but did not make the demo base learn the motion word (docs/direction.md). Assumes
             the scheduler's ``c_noise = log(sigma) / 4``. Not in the paper. ``None`` (default): no gate.
+        text_layout_sigma: with ``text_layout``, scale the layout code by ``sigma / sqrt(s_l^2 + sigma^2)``
+            (``s_l`` = this value): about 1 above ``s_l``, falling as ``sigma / s_l`` below it, the complement of
+            ``input_gate_sigma`` (for equal values the two gains' squares sum to 1). The layout code is the prompt's
+            prior on where things are; it is what a token needs at high noise, but at low noise the pixels say where
+            things are and an ungated prior is something the network must learn to cancel. Assumes the scheduler's
+            ``c_noise``. Not in the paper. ``None`` (default): the code at every noise level.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -181,6 +187,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         input_modulation: bool = False,
         text_layout: bool = False,
         input_gate_sigma: float | None = None,
+        text_layout_sigma: float | None = None,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -215,6 +222,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"`input_gate_sigma` must be a positive sigma or None, got {input_gate_sigma}.")
         if text_layout and not text_embed_dim:
             raise ValueError("`text_layout=True` needs text conditioning: set `text_embed_dim`.")
+        if text_layout_sigma is not None and not (text_layout and text_layout_sigma > 0):
+            raise ValueError(
+                f"`text_layout_sigma` must be a positive sigma and needs `text_layout=True`, got {text_layout_sigma} "
+                f"with text_layout={text_layout}."
+            )
         self.layout_position = nn.Linear(6 * LAYOUT_FREQUENCIES, token_dim) if text_layout else None
         self.layout_text = nn.Linear(text_embed_dim, token_dim) if text_layout else None
         self.blocks = nn.ModuleList(
@@ -335,9 +347,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         pf, ph, pw = self.config.tokenizer_patch
         pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
         parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
+        sigma = torch.exp(4 * timestep.float())  # c_noise = log(sigma) / 4
         if self.config.input_gate_sigma is not None:
             s_g = self.config.input_gate_sigma
-            sigma = torch.exp(4 * timestep.float())
             parts[0] = parts[0] * (s_g / torch.sqrt(s_g**2 + sigma**2)).to(x.dtype)[:, None, None]
         if self.in_modulation is not None:
             parts[0] = parts[0] * (1 + self.in_modulation(nn.functional.silu(t_emb)))[:, None]
@@ -347,6 +359,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         parts.append(coords)
         tokens = self.tokenizer(torch.cat(parts, dim=-1))  # (N, T, D_tok)
         if layout is not None:
+            s_l = self.config.text_layout_sigma
+            if s_l is not None:
+                layout = layout * (sigma / torch.sqrt(s_l**2 + sigma**2)).to(layout.dtype)[:, None, None]
             tokens = tokens + layout
         return tokens if self.token_positions is None else tokens + self.token_positions.to(tokens.dtype)
 
