@@ -18,17 +18,26 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# The prompt's layout (where the object starts, hence its motion direction) is decided at high noise, and an RIN
+# learns that position-by-prompt interaction only after a long plateau (docs/direction.md). The base therefore draws
+# half of its samples at sigma ~ 20 and never drops their prompt, mutes the pure-noise pixels there
+# (input_gate_sigma) and gives the tokens the prompt's layout code where the pixels carry nothing (text_layout,
+# gated by text_layout_sigma); input_modulation lets the tokenizer rescale the pixels per noise level.
+MODEL_OVERRIDES = {"text_layout": True, "text_layout_sigma": 2.0, "input_gate_sigma": 0.5, "input_modulation": True}
 BASE_ARGS = [
     "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "250",
     "--checkpointing_steps", "1000", "--logging_steps", "100", "--p_mean", "-0.4", "--p_std", "1.4",
+    "--high_noise_fraction", "0.5", "--keep_condition_above_sigma", "10",
+    "--model_overrides", json.dumps(MODEL_OVERRIDES),
 ]  # fmt: skip
 # Level-0 sampling of the bundled model: deterministic Heun (s_churn=0, the paper's text-to-video setting). EDM's
 # ImageNet-64 churn (s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.003) was compared on 24 held-out videos with
 # seeds 1000-1023 (not the evaluation seeds): direction 12% vs 29%, colour 92% for both, so churn stays off.
 SAMPLER = dict(s_churn=0.0)
+# The fine-tune reuses the base's scheduler, and with it the high-noise share of every batch.
 FINETUNE_ARGS = [
     "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "20", "--ema_half_life", "100",
-    "--checkpointing_steps", "200", "--logging_steps", "25",
+    "--checkpointing_steps", "200", "--logging_steps", "25", "--keep_condition_above_sigma", "10",
 ]  # fmt: skip
 
 
@@ -43,7 +52,7 @@ def main() -> int:
     p.add_argument("--output_dir", default="models/hpdm-shapes-demo")
     p.add_argument("--data_dir", default="data/shapes")
     p.add_argument("--num_videos", type=int, default=2000)
-    p.add_argument("--base_steps", type=int, default=2500)
+    p.add_argument("--base_steps", type=int, default=5000)
     p.add_argument("--finetune_steps", type=int, default=800)
     p.add_argument("--work_dir", default="outputs/demo-training")
     p.add_argument("--eval_videos", type=int, default=64)
@@ -53,7 +62,10 @@ def main() -> int:
     py, train = sys.executable, str(HERE / "train_t2v.py")
     base, finetuned = Path(args.work_dir) / "base", Path(args.work_dir) / "finetune"
     run([py, "-m", "diffusers_hpdm.cli", "make-dataset", args.data_dir, "--num-videos", str(args.num_videos)])
-    common = ["--train_data_dir", args.data_dir, "--cache_videos", "--seed", str(args.seed)]
+    # Rerunning resumes each stage from its newest checkpoint (a finished stage is reused); delete --work_dir to
+    # start over.
+    common = ["--train_data_dir", args.data_dir, "--cache_videos", "--seed", str(args.seed),
+              "--resume_from_checkpoint", "latest"]  # fmt: skip
     run([py, train, *common, *BASE_ARGS, "--max_train_steps", str(args.base_steps), "--output_dir", str(base)])
     run([py, train, *common, *FINETUNE_ARGS, "--pretrained_base", str(base),
          "--max_train_steps", str(args.finetune_steps), "--output_dir", str(finetuned)])  # fmt: skip
