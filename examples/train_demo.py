@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ FINETUNE_ARGS = [
 
 
 def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
+    print("+", shlex.join(cmd), flush=True)
     # One thread per process: on a shared 2-core machine OpenMP spinning costs more than it gains.
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
@@ -107,8 +108,8 @@ def finish_card(args, summary: dict) -> None:
         f"base at 4x16x16 for {args.base_steps} steps (batch 16), expanded to 3 levels with "
         f"`HPDMTransformer.from_base` and fine-tuned for {args.finetune_steps} steps (batch 8). "
         f"LAMB lr 5e-3, wd 0.01 (biases, norms and the zero-initialised output head without weight decay or layer "
-        f"adaptation), cosine schedule, EMA, conditioning dropout 0.1, fp32.\n\n"
-        f"Base: `{' '.join(BASE_ARGS)}`; fine-tune: `{' '.join(FINETUNE_ARGS)}`."
+        f"adaptation), cosine schedule, EMA, conditioning dropout 0.1 (none for samples above sigma 10), fp32.\n\n"
+        f"Base: `{shlex.join(BASE_ARGS)}`; fine-tune: `{shlex.join(FINETUNE_ARGS)}`."
     )
     write_model_card(
         args.output_dir,
@@ -116,11 +117,12 @@ def finish_card(args, summary: dict) -> None:
         description=(
             "A 3-level, 4M-parameter HPDM text-to-video model trained from scratch on CPU on synthetic moving "
             "shapes (16x64x64 videos from 4x16x16 patches). It exists so that the package can be run, tested and "
-            "benchmarked offline; it is not a general-purpose video model. It saw ~40k training clips (the paper's "
-            "models see hundreds of millions): it follows the colour in the prompt, but its level 0 draws the object "
-            "as several ragged blobs at the granularity of its 4x4-pixel tokens rather than one shape moving "
-            "consistently, so shape and direction are near chance and the token edges (which coincide with tile "
-            "borders) raise the seam score. docs/direction.md has the diagnosis and what was tried."
+            "benchmarked offline; it is not a general-purpose video model. It saw "
+            f"~{(16 * args.base_steps + 8 * args.finetune_steps) // 1000}k training clips (the paper's models see "
+            "hundreds of millions). Its level 0 draws the object at the granularity of its 4x4-pixel tokens, so "
+            "shapes are rough and the token edges (which coincide with tile borders) raise the seam score. The "
+            "metrics below are measured on attribute combinations never seen in training; docs/evaluation.md and "
+            "docs/direction.md have the diagnosis and what was tried."
         ),
         example_prompt="a red circle moving right slowly on a gray background",
         training=training,
