@@ -19,7 +19,7 @@ import torch
 from pytorch_optimizer import Lamb as ReferenceLamb
 from safetensors.torch import load_file
 
-from diffusers_hpdm import HPDMScheduler
+from diffusers_hpdm import HPDMScheduler, HPDMTransformer
 from diffusers_hpdm.data import generate_dataset
 from diffusers_hpdm.geometry import box_contains, extract_patches
 from diffusers_hpdm.models.transformer_hpdm import HPDMTransformerOutput
@@ -198,8 +198,6 @@ def test_lamb_matches_pytorch_optimizer(kwargs):
 def test_lamb_groups_exempt_biases_norms_and_zero_init_head():
     """Biases, norm gains, embedding tables and the zero-initialised output layers get trust ratio 1 and no decay; every other
     trainable parameter is trust-ratio scaled and decayed; the groups partition the trainable parameters."""
-    from diffusers_hpdm import HPDMTransformer
-
     model = HPDMTransformer.from_preset("tiny-t2v", num_blocks=2, levels_per_block=None)
     model.null_text.requires_grad_(False)
     adapted, plain = lamb_param_groups(model, 0.01)
@@ -467,3 +465,27 @@ def test_low_resolution_base_then_pyramid(train_script, micro_data, tmp_path):
         a = base_pipe.transformer(x, timestep=t, boxes=box, **cond).sample
         b = pipe.transformer(x, timestep=t, boxes=box, **cond).sample
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_demo_recipe_arguments_build_what_they_say(train_script, tmp_path):
+    """``examples/train_demo.py``'s stage arguments parse with the training script; the base's model has the layout
+    code and both gates, its scheduler the high-noise share, and the fine-tune inherits that share from the base."""
+    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "examples" / "train_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    components = sys.modules["train_t2v_components"]
+    base_args = train_script.parse_args([*demo.BASE_ARGS, "--train_data_dir", str(tmp_path)])
+    assert base_args.keep_condition_above_sigma == 10 and base_args.num_levels == 1
+    overrides = json.loads(base_args.model_overrides)
+    model = HPDMTransformer.from_preset(
+        base_args.preset, **overrides, text_embed_dim=16, num_levels=1, levels_per_block=None
+    )
+    assert model.config.text_layout and model.config.text_layout_sigma == 2.0 and model.config.input_gate_sigma == 0.5
+    scheduler = components.build_scheduler(base_args, model)
+    assert scheduler.config.high_noise_fraction == 0.5 and scheduler.config.p_mean == -0.4
+    scheduler.save_pretrained(tmp_path / "base" / "scheduler")
+    tune_args = train_script.parse_args(
+        [*demo.FINETUNE_ARGS, "--train_data_dir", str(tmp_path), "--pretrained_base", str(tmp_path / "base")]
+    )
+    assert tune_args.keep_condition_above_sigma == 10
+    assert components.build_scheduler(tune_args, model).config.high_noise_fraction == 0.5
