@@ -123,15 +123,16 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             of ``encoder_hidden_states``; zero for the null prompt of guidance). This makes "where things are, given
             the prompt" a first-order term that a token can read without attention: through the latents alone such a
             position-by-prompt interaction sits on a long plateau, and with noisy pixels in the tokens the demo model
-            never crossed it. Experimental: with it the demo base did not learn the motion word in 2500 steps either
-            (docs/direction.md). Not in the paper; the global coordinates keep it valid for tiles of any level. The
-            text projection starts at zero. ``False`` (default): no layout code.
+            never crossed it. Alone it did not make the demo base learn the motion word; gated by
+            ``text_layout_sigma`` and with half of the training samples at high noise it did (docs/direction.md).
+            Not in the paper; the global coordinates keep it valid for tiles of any level. The text projection
+            starts at zero. ``False`` (default): no layout code.
         input_gate_sigma: if set, scale the noisy pixels entering the tokenizer by the fixed gain
             ``g = s_g / sqrt(s_g^2 + sigma^2)`` (``s_g`` = this value, ``sigma = exp(4 * timestep)``): about 1 below
             ``s_g``, falling as ``s_g / sigma`` above it. ``c_in`` gives the pixels unit variance at every noise
-            level, so at high noise they are unit-variance noise as large as the position code. Experimental: it costs
-            nothing in denoising but did not make the demo base learn the motion word (docs/direction.md). Assumes
-            the scheduler's ``c_noise = log(sigma) / 4``. Not in the paper. ``None`` (default): no gate.
+            level, so at high noise they are unit-variance noise as large as the position code. It costs nothing in
+            denoising; the demo model uses ``s_g = 0.5`` (docs/direction.md). Assumes the scheduler's
+            ``c_noise = log(sigma) / 4``. Not in the paper. ``None`` (default): no gate.
         text_layout_sigma: with ``text_layout``, scale the layout code by ``sigma / sqrt(s_l^2 + sigma^2)``
             (``s_l`` = this value): about 1 above ``s_l``, falling as ``sigma / s_l`` below it, the complement of
             ``input_gate_sigma`` (for equal values the two gains' squares sum to 1). The layout code is the prompt's
