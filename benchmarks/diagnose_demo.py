@@ -200,7 +200,7 @@ class TokenMLP(torch.nn.Module):
 
     def __init__(self, grid, patch, channels: int, text_dim: int, width: int = 64, hidden: int = 256):
         super().__init__()
-        from diffusers_hpdm.models.transformer_hpdm import sincos_position_table
+        from diffusers_hpdm.models.positions import sincos_position_table
 
         self.grid, self.patch, self.channels = grid, patch, channels
         self.register_buffer("positions", sincos_position_table(grid, width))

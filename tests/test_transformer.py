@@ -441,7 +441,7 @@ def test_separable_context_lookup_equals_grid_sample(grid, seed):
 def test_token_positions_start_as_distinct_unit_scale_codes(grid, dim):
     """Every token of the grid starts with its own code, entries in [-1, 1], tokens of different frames far apart
     (a 0.02-scale table left frames indistinguishable next to a token's pixel content at high noise)."""
-    from diffusers_hpdm.models.transformer_hpdm import sincos_position_table
+    from diffusers_hpdm.models.positions import sincos_position_table
 
     table = sincos_position_table(grid, dim)
     assert table.shape == (math.prod(grid), dim) and table.abs().max() <= 1.0
