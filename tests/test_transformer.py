@@ -119,6 +119,7 @@ def test_text_layout_sigma_scales_the_layout_code_by_the_complementary_gate():
             text_layout=True,
             input_gate_sigma=2.0,
             text_layout_sigma=2.0,
+            output_conv_channels=4,
         ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
@@ -262,7 +263,7 @@ def test_conditioning_null_and_masking(pooled):
         assert not torch.allclose(d1, a, atol=1e-4)
 
 
-def with_option(base_kw: dict, option: str, new_parameters: set[str]):
+def with_option(base_kw: dict, option: str, new_parameters: set[str], value=True):
     """A model without ``option`` and one with it on the same weights (only ``new_parameters`` are new), plus a
     joint-forward input: nested boxes, pixels and noise levels for 2 samples x 3 levels."""
     g = torch.Generator().manual_seed(0)
@@ -270,7 +271,7 @@ def with_option(base_kw: dict, option: str, new_parameters: set[str]):
     x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
     plain = make(**base_kw)
     torch.manual_seed(0)
-    extended = HPDMTransformer(**{**TINY, **base_kw, option: True}).eval()
+    extended = HPDMTransformer(**{**TINY, **base_kw, option: value}).eval()
     missing, unexpected = extended.load_state_dict(plain.state_dict(), strict=False)
     assert set(missing) == new_parameters and not unexpected
     return plain, extended, (x, t, boxes), g
@@ -359,6 +360,36 @@ def test_text_layout_starts_at_zero_follows_the_prompt_and_global_position():
     assert "layout_text.weight" in HPDMTransformer._zero_init_parameters
     with pytest.raises(ValueError, match="text_embed_dim"):
         HPDMTransformer(**{**TINY, "text_layout": True})
+
+
+def test_output_conv_starts_at_zero_and_reaches_one_pixel_across_token_borders():
+    """The convolution adds nothing at init. Once trained, changing one token changes its own pixels under the
+    linear readout alone, and with the convolution also the one-pixel ring around them (same frame), nothing else."""
+    new = {"proj_hidden.weight", "proj_hidden.bias", "conv_out.weight", "conv_out.bias"}
+    plain, conv, (x, t, boxes), g = with_option(dict(num_classes=4), "output_conv_channels", new, value=4)
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            conv(x, t, boxes, class_labels=labels).sample, plain(x, t, boxes, class_labels=labels).sample
+        )
+        randomize_(conv.conv_out, std=0.5)
+        tokens = torch.randn(1, math.prod(conv.token_grid), TINY["token_dim"], generator=g)
+        t_emb = torch.randn(1, TINY["latent_dim"], generator=g)
+        k = 1 * 16 + 1 * 4 + 2  # token (f=1, h=1, w=2) of the 4x4x4 grid: frame 1, rows 2-3, columns 4-5
+        moved = tokens.clone()
+        moved[0, k] += torch.randn(TINY["token_dim"], generator=g)
+        changed = {
+            name: (m._detokenize(moved, t_emb) - m._detokenize(tokens, t_emb)).abs().sum(1)[0] > 1e-6
+            for name, m in (("plain", plain), ("conv", conv))
+        }
+    expected = torch.zeros(4, 8, 8, dtype=torch.bool)
+    expected[1, 2:4, 4:6] = True
+    assert torch.equal(changed["plain"], expected)
+    expected[1, 1:5, 3:7] = True
+    assert torch.equal(changed["conv"], expected)
+    assert "conv_out.weight" in HPDMTransformer._zero_init_parameters
+    with pytest.raises(ValueError, match="output_conv_channels"):
+        HPDMTransformer(**{**TINY, "output_conv_channels": 0})
 
 
 @pytest.mark.parametrize(

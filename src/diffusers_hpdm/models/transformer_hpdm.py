@@ -110,6 +110,13 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             prior on where things are; it is what a token needs at high noise, but at low noise the pixels say where
             things are and an ungated prior is something the network must learn to cancel. Assumes the scheduler's
             ``c_noise``. Not in the paper. ``None`` (default): the code at every noise level.
+        output_conv_channels: if set, the readout also writes this many feature channels per pixel, and a 3x3
+            spatial convolution of them (replicate padding at the patch edges) is added to ``F``. Each pixel of a
+            linear readout depends on its own token only, so token borders show as edges wherever neighbouring
+            tokens disagree: RIN's "dead pixel" artefacts (appendix A), which at CPU training scale make the 4x4
+            token grid visible in every sample. The convolution lets a pixel next to a border read the token across
+            it (U-ViT adds a 3x3 convolution after its patch readout for the same reason). It starts at zero, so at
+            init ``F`` is the linear readout. Not in the paper. ``None`` (default): the linear readout alone.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -125,6 +132,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         "pooled_text_proj.weight",
         "in_modulation.weight",
         "layout_text.weight",
+        "conv_out.weight",
     ]
     # Embedding tables: no trust ratio or decay (a table's norm says nothing about how far one row should move).
     _embedding_parameters = ["token_positions", "latents", "null_text"]
@@ -160,6 +168,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         text_layout: bool = False,
         input_gate_sigma: float | None = None,
         text_layout_sigma: float | None = None,
+        output_conv_channels: int | None = None,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -215,6 +224,15 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(token_dim, elementwise_affine=not output_modulation)
         self.out_modulation = nn.Linear(latent_dim, 2 * token_dim) if output_modulation else None
         self.proj_out = nn.Linear(token_dim, voxels)
+        if output_conv_channels is not None and not output_conv_channels >= 1:
+            raise ValueError(f"`output_conv_channels` must be a positive integer or None, got {output_conv_channels}.")
+        if output_conv_channels:
+            self.proj_hidden = nn.Linear(token_dim, output_conv_channels * math.prod(tokenizer_patch))
+            self.conv_out = nn.Conv3d(
+                output_conv_channels, in_channels, (1, 3, 3), padding=(0, 1, 1), padding_mode="replicate"
+            )
+        else:
+            self.proj_hidden = self.conv_out = None
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -260,6 +278,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         if self.in_modulation is not None:  # gain 1 at init
             nn.init.zeros_(self.in_modulation.weight)
             nn.init.zeros_(self.in_modulation.bias)
+        if self.conv_out is not None:  # F is the linear readout alone at init
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
         if self.layout_text is not None:  # no layout code at init
             nn.init.zeros_(self.layout_text.weight)
             nn.init.zeros_(self.layout_text.bias)
@@ -345,8 +366,12 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         if self.out_modulation is not None:
             shift, scale = self.out_modulation(nn.functional.silu(t_emb)).unsqueeze(1).chunk(2, dim=-1)
             h_out = h_out * (1 + scale) + shift
-        out = self.proj_out(h_out)  # (N, T, C * pf * ph * pw)
-        return rearrange(out, "n (f h w) (c pf ph pw) -> n c (f pf) (h ph) (w pw)", f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
+        pattern = "n (f h w) (c pf ph pw) -> n c (f pf) (h ph) (w pw)"
+        out = rearrange(self.proj_out(h_out), pattern, f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
+        if self.conv_out is not None:  # each pixel also reads its neighbours' features, across token borders
+            hidden = rearrange(self.proj_hidden(h_out), pattern, f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
+            out = out + self.conv_out(hidden)
+        return out
 
     def _coords(self, boxes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-token global coordinates ``(N, T, 3)`` (zeros when ``use_coordinates=False``)."""
