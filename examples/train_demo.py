@@ -23,8 +23,17 @@ HERE = Path(__file__).resolve().parent
 # learns that position-by-prompt interaction only after a long plateau (docs/direction.md). The base therefore draws
 # half of its samples at sigma ~ 20 and never drops their prompt, mutes the pure-noise pixels there
 # (input_gate_sigma) and gives the tokens the prompt's layout code where the pixels carry nothing (text_layout,
-# gated by text_layout_sigma); input_modulation lets the tokenizer rescale the pixels per noise level.
-MODEL_OVERRIDES = {"text_layout": True, "text_layout_sigma": 2.0, "input_gate_sigma": 0.5, "input_modulation": True}
+# gated by text_layout_sigma); input_modulation lets the tokenizer rescale the pixels per noise level. The two 3x3
+# convolutions let tokens see, and the readout write, across the 4x4 token borders that a linear tokenizer and
+# readout leave as visible steps (RIN's "dead pixels"; docs/evaluation.md).
+MODEL_OVERRIDES = {
+    "text_layout": True,
+    "text_layout_sigma": 2.0,
+    "input_gate_sigma": 0.5,
+    "input_modulation": True,
+    "input_conv_channels": 16,
+    "output_conv_channels": 16,
+}
 BASE_ARGS = [
     "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "250",
     "--checkpointing_steps", "1000", "--logging_steps", "100", "--p_mean", "-0.4", "--p_std", "1.4",
@@ -53,8 +62,8 @@ def main() -> int:
     p.add_argument("--output_dir", default="models/hpdm-shapes-demo")
     p.add_argument("--data_dir", default="data/shapes")
     p.add_argument("--num_videos", type=int, default=2000)
-    p.add_argument("--base_steps", type=int, default=5000)
-    p.add_argument("--finetune_steps", type=int, default=800)
+    p.add_argument("--base_steps", type=int, default=8000)
+    p.add_argument("--finetune_steps", type=int, default=1000)
     p.add_argument("--work_dir", default="outputs/demo-training")
     p.add_argument("--eval_videos", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

@@ -469,7 +469,8 @@ def test_low_resolution_base_then_pyramid(train_script, micro_data, tmp_path):
 
 def test_demo_recipe_arguments_build_what_they_say(train_script, tmp_path):
     """``examples/train_demo.py``'s stage arguments parse with the training script; the base's model has the layout
-    code and both gates, its scheduler the high-noise share, and the fine-tune inherits that share from the base."""
+    code, both gates and both convolutions, its scheduler the high-noise share, and the fine-tune inherits that share
+    from the base."""
     spec = importlib.util.spec_from_file_location("train_demo", ROOT / "examples" / "train_demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
@@ -481,6 +482,7 @@ def test_demo_recipe_arguments_build_what_they_say(train_script, tmp_path):
         base_args.preset, **overrides, text_embed_dim=16, num_levels=1, levels_per_block=None
     )
     assert model.config.text_layout and model.config.text_layout_sigma == 2.0 and model.config.input_gate_sigma == 0.5
+    assert model.conv_in is not None and model.conv_out is not None  # the convolutions across token borders
     scheduler = components.build_scheduler(base_args, model)
     assert scheduler.config.high_noise_fraction == 0.5 and scheduler.config.p_mean == -0.4
     scheduler.save_pretrained(tmp_path / "base" / "scheduler")

@@ -120,6 +120,7 @@ def test_text_layout_sigma_scales_the_layout_code_by_the_complementary_gate():
             input_gate_sigma=2.0,
             text_layout_sigma=2.0,
             output_conv_channels=4,
+            input_conv_channels=4,
         ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
@@ -392,6 +393,40 @@ def test_output_conv_starts_at_zero_and_reaches_one_pixel_across_token_borders()
         HPDMTransformer(**{**TINY, "output_conv_channels": 0})
 
 
+def test_input_conv_starts_at_zero_and_lets_a_token_see_the_pixels_around_it():
+    """The convolution adds nothing at init. Once trained, changing the pixel in the corner of a token changes that
+    token alone under the linear tokenizer, and with the convolution also the three tokens that touch the corner."""
+    new = {"conv_in.weight", "conv_in.bias", "tokenizer_conv.weight", "tokenizer_conv.bias"}
+    plain, conv, (x, t, boxes), g = with_option(dict(num_classes=4), "input_conv_channels", new, value=4)
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            conv(x, t, boxes, class_labels=labels).sample, plain(x, t, boxes, class_labels=labels).sample
+        )
+        randomize_(conv.tokenizer_conv, std=0.5)
+        pixels = torch.randn(1, 3, *TINY["patch_size"], generator=g)
+        coords = torch.zeros(1, math.prod(conv.token_grid), 3)
+        t_emb, c_noise = torch.randn(1, TINY["latent_dim"], generator=g), torch.zeros(1)
+        moved = pixels.clone()
+        moved[0, :, 1, 3, 3] += 1.0  # the bottom-right pixel of token (f=1, h=1, w=1) of the 4x4x4 grid
+        changed = {
+            name: (
+                m._tokenize(moved, coords, None, t_emb, c_noise) - m._tokenize(pixels, coords, None, t_emb, c_noise)
+            )
+            .abs()
+            .sum(-1)[0]
+            .reshape(conv.token_grid)
+            > 1e-6
+            for name, m in (("plain", plain), ("conv", conv))
+        }
+    expected = torch.zeros(4, 4, 4, dtype=torch.bool)
+    expected[1, 1, 1] = True
+    assert torch.equal(changed["plain"], expected)
+    expected[1, 1:3, 1:3] = True
+    assert torch.equal(changed["conv"], expected)
+    assert "tokenizer_conv.weight" in HPDMTransformer._zero_init_parameters
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [
@@ -400,6 +435,7 @@ def test_output_conv_starts_at_zero_and_reaches_one_pixel_across_token_borders()
         (dict(context_fusion="pixel"), "context_fusion"),
         (dict(patch_size=(4, 9, 8)), "not divisible"),
         (dict(level_growth=(3, 2, 2)), "level_growth"),
+        (dict(input_conv_channels=0), "input_conv_channels"),
     ],
 )
 def test_bad_configs_raise(kw, match):

@@ -117,6 +117,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             token grid visible in every sample. The convolution lets a pixel next to a border read the token across
             it (U-ViT adds a 3x3 convolution after its patch readout for the same reason). It starts at zero, so at
             init ``F`` is the linear readout. Not in the paper. ``None`` (default): the linear readout alone.
+        input_conv_channels: if set, a 3x3 spatial convolution of the noisy pixels (after ``input_gate_sigma``;
+            replicate padding at the patch edges) writes this many features per pixel, and a projection of each
+            token's features is added to its tokens: the input-side twin of ``output_conv_channels``, so that a
+            token also sees the pixel ring around it. The projection starts at zero. Not in the paper. ``None``
+            (default): the linear tokenizer alone.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -133,6 +138,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         "in_modulation.weight",
         "layout_text.weight",
         "conv_out.weight",
+        "tokenizer_conv.weight",
     ]
     # Embedding tables: no trust ratio or decay (a table's norm says nothing about how far one row should move).
     _embedding_parameters = ["token_positions", "latents", "null_text"]
@@ -169,6 +175,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         input_gate_sigma: float | None = None,
         text_layout_sigma: float | None = None,
         output_conv_channels: int | None = None,
+        input_conv_channels: int | None = None,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -183,6 +190,15 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
         self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
         self.in_modulation = nn.Linear(latent_dim, voxels) if input_modulation else None
+        if input_conv_channels is not None and not input_conv_channels >= 1:
+            raise ValueError(f"`input_conv_channels` must be a positive integer or None, got {input_conv_channels}.")
+        if input_conv_channels:
+            self.conv_in = nn.Conv3d(
+                in_channels, input_conv_channels, (1, 3, 3), padding=(0, 1, 1), padding_mode="replicate"
+            )
+            self.tokenizer_conv = nn.Linear(input_conv_channels * math.prod(tokenizer_patch), token_dim)
+        else:
+            self.conv_in = self.tokenizer_conv = None
         num_tokens = math.prod(self.token_grid)
         self.token_positions = (
             nn.Parameter(torch.randn(1, num_tokens, token_dim) * 0.02) if token_position_embedding else None
@@ -278,6 +294,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         if self.in_modulation is not None:  # gain 1 at init
             nn.init.zeros_(self.in_modulation.weight)
             nn.init.zeros_(self.in_modulation.bias)
+        if self.tokenizer_conv is not None:  # tokens are the linear tokenizer's alone at init
+            nn.init.zeros_(self.tokenizer_conv.weight)
+            nn.init.zeros_(self.tokenizer_conv.bias)
         if self.conv_out is not None:  # F is the linear readout alone at init
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
@@ -341,9 +360,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
         parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
         sigma = torch.exp(4 * timestep.float())  # c_noise = log(sigma) / 4
+        gate = None
         if self.config.input_gate_sigma is not None:
             s_g = self.config.input_gate_sigma
-            parts[0] = parts[0] * (s_g / torch.sqrt(s_g**2 + sigma**2)).to(x.dtype)[:, None, None]
+            gate = (s_g / torch.sqrt(s_g**2 + sigma**2)).to(x.dtype)
+            parts[0] = parts[0] * gate[:, None, None]
         if self.in_modulation is not None:
             parts[0] = parts[0] * (1 + self.in_modulation(nn.functional.silu(t_emb)))[:, None]
         if self.config.context_fusion == "shallow":
@@ -351,6 +372,9 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
         parts.append(coords)
         tokens = self.tokenizer(torch.cat(parts, dim=-1))  # (N, T, D_tok)
+        if self.conv_in is not None:  # features of each pixel's 3x3 neighbourhood, across token borders
+            features = self.conv_in(x if gate is None else x * gate[:, None, None, None, None])
+            tokens = tokens + self.tokenizer_conv(rearrange(features, pattern, pf=pf, ph=ph, pw=pw))
         if layout is not None:
             s_l = self.config.text_layout_sigma
             if s_l is not None:
