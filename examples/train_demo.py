@@ -129,7 +129,8 @@ def finish_card(args, summary: dict) -> None:
             "benchmarked offline; it is not a general-purpose video model. It saw "
             f"~{(16 * args.base_steps + 8 * args.finetune_steps) // 1000}k training clips (the paper's models see "
             "hundreds of millions). Its level 0 draws the object at the granularity of its 4x4-pixel tokens, so "
-            "shapes are rough and the token edges (which coincide with tile borders) raise the seam score. The "
+            "shapes are rough, and the token edges that remain (they coincide with tile borders) raise the seam "
+            "score. The "
             "metrics below are measured on attribute combinations never seen in training; docs/evaluation.md and "
             "docs/direction.md have the diagnosis and what was tried."
         ),
