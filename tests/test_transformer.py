@@ -278,6 +278,11 @@ def with_option(base_kw: dict, option: str, new_parameters: set[str], value=True
     return plain, extended, (x, t, boxes), g
 
 
+def assert_same_output(a: HPDMTransformer, b: HPDMTransformer, inputs, **kw) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(a(*inputs, **kw).sample, b(*inputs, **kw).sample)
+
+
 def test_input_modulation_starts_as_identity_and_can_mute_the_pixels():
     """At init the gain is 1 (same output as the same weights without it); a gain of 0 makes the output independent
     of the noisy pixels (positions, noise level and conditioning still reach the tokens)."""
@@ -285,10 +290,8 @@ def test_input_modulation_starts_as_identity_and_can_mute_the_pixels():
         dict(num_classes=4), "input_modulation", {"in_modulation.weight", "in_modulation.bias"}
     )
     labels = torch.tensor([1, 2])
+    assert_same_output(gated, plain, (x, t, boxes), class_labels=labels)
     with torch.no_grad():
-        torch.testing.assert_close(
-            gated(x, t, boxes, class_labels=labels).sample, plain(x, t, boxes, class_labels=labels).sample
-        )
         gated.in_modulation.weight.zero_()
         gated.in_modulation.bias.fill_(-1.0)  # gain 0 at every noise level: the pixels no longer reach the tokens
         a = gated(x, t, boxes, class_labels=labels).sample
@@ -369,10 +372,8 @@ def test_output_conv_starts_at_zero_and_reaches_one_pixel_across_token_borders()
     new = {"proj_hidden.weight", "proj_hidden.bias", "conv_out.weight", "conv_out.bias"}
     plain, conv, (x, t, boxes), g = with_option(dict(num_classes=4), "output_conv_channels", new, value=4)
     labels = torch.tensor([1, 2])
+    assert_same_output(conv, plain, (x, t, boxes), class_labels=labels)
     with torch.no_grad():
-        torch.testing.assert_close(
-            conv(x, t, boxes, class_labels=labels).sample, plain(x, t, boxes, class_labels=labels).sample
-        )
         randomize_(conv.conv_out, std=0.5)
         tokens = torch.randn(1, math.prod(conv.token_grid), TINY["token_dim"], generator=g)
         t_emb = torch.randn(1, TINY["latent_dim"], generator=g)
@@ -399,10 +400,8 @@ def test_input_conv_starts_at_zero_and_lets_a_token_see_the_pixels_around_it():
     new = {"conv_in.weight", "conv_in.bias", "tokenizer_conv.weight", "tokenizer_conv.bias"}
     plain, conv, (x, t, boxes), g = with_option(dict(num_classes=4), "input_conv_channels", new, value=4)
     labels = torch.tensor([1, 2])
+    assert_same_output(conv, plain, (x, t, boxes), class_labels=labels)
     with torch.no_grad():
-        torch.testing.assert_close(
-            conv(x, t, boxes, class_labels=labels).sample, plain(x, t, boxes, class_labels=labels).sample
-        )
         randomize_(conv.tokenizer_conv, std=0.5)
         pixels = torch.randn(1, 3, *TINY["patch_size"], generator=g)
         coords = torch.zeros(1, math.prod(conv.token_grid), 3)
