@@ -220,6 +220,18 @@ def test_one_transformer_call_per_tile_batch_per_step(pipe, guidance):
 # Save / load, model card
 
 
+def test_guidance_per_level_applies_each_scale_to_its_level(pipe):
+    """A list with the same scale everywhere is that scale; a list that differs from a scalar only above level 0
+    gives the scalar's level 0 exactly and a different finest level."""
+    same = run(pipe, guidance_scale=[3.0, 3.0, 3.0], output_type="latent", return_levels=True)
+    scalar = run(pipe, guidance_scale=3.0, output_type="latent", return_levels=True)
+    for a, b in zip(same.levels, scalar.levels):
+        assert torch.equal(a, b)
+    mixed = run(pipe, guidance_scale=[3.0, 1.0, 1.0], output_type="latent", return_levels=True)
+    assert torch.equal(mixed.levels[0], scalar.levels[0])
+    assert (mixed.levels[-1] - scalar.levels[-1]).abs().max() > 1e-4
+
+
 def test_save_load_round_trip_and_model_card(pipe, tmp_path):
     ref = run(pipe).frames
     pipe.save_pretrained(tmp_path)
@@ -253,6 +265,7 @@ def test_save_load_round_trip_and_model_card(pipe, tmp_path):
         (dict(class_labels=[1]), "not class-conditional"),
         (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(guidance_scale=-1.0), "guidance_scale"),
+        (dict(guidance_scale=[3.0, 3.0]), "one per level"),
         (dict(blending="gauss"), "blending"),
         (dict(tile_batch_size=0), "tile_batch_size"),
         (dict(num_levels=4), "num_levels"),

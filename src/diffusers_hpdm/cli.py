@@ -16,6 +16,11 @@ DEFAULT_MODEL = "models/hpdm-shapes-demo"
 DEFAULT_PROMPT = "a red circle moving right slowly on a gray background"
 
 
+def _guidance(values: list[float]) -> float | list[float]:
+    """``--guidance 3`` -> 3.0 (every level); ``--guidance 7 3 3`` -> one scale per level."""
+    return values[0] if len(values) == 1 else values
+
+
 def _load_pipeline(model: str, bf16: bool, compile_blocks: bool = False):
     import torch
 
@@ -48,7 +53,7 @@ def cmd_generate(args) -> int:
             height=args.height,
             width=args.width,
             num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
+            guidance_scale=_guidance(args.guidance),
             overlap_axes=tuple(args.overlap),
             blending=args.blending,
             tile_batch_size=args.tile_batch_size,
@@ -99,7 +104,7 @@ def cmd_evaluate(args) -> int:
         pipe,
         num_videos=args.num_videos,
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
+        guidance_scale=_guidance(args.guidance),
         seed=args.seed,
         overlap_axes=tuple(args.overlap),
         blending=args.blending,
@@ -124,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, default=32, help="level-0 steps (halved at every finer level)")
-    g.add_argument("--guidance", type=float, default=3.0)
+    g.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[3.0],
+        help="CFG scale, or one per level coarse to fine (e.g. 7 3 3)",
+    )
     g.add_argument("--num-frames", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
@@ -156,7 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument("--num-videos", type=int, default=64)
     e.add_argument("--steps", type=int, default=32)
-    e.add_argument("--guidance", type=float, default=3.0)
+    e.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[3.0],
+        help="CFG scale, or one per level coarse to fine (e.g. 7 3 3)",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bf16", action="store_true")
     e.add_argument(

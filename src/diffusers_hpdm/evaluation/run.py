@@ -40,7 +40,7 @@ def evaluate_pipeline(
     pipe,
     num_videos: int = 64,
     num_inference_steps: int = 32,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | list[float] = 3.0,
     seed: int = 0,
     batch_size: int = 8,
     overlap_axes: tuple[str, ...] = AXES,

@@ -84,7 +84,10 @@ def check_inputs(
         raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps}.")
     if level_steps is not None and (len(level_steps) <= last or any(int(n) < 1 for n in level_steps)):
         raise ValueError(f"`level_steps` needs {last + 1} entries >= 1 (one per level), got {level_steps}.")
-    if guidance_scale < 0:
+    scales = list(guidance_scale) if isinstance(guidance_scale, (list, tuple)) else [guidance_scale]
+    if isinstance(guidance_scale, (list, tuple)) and len(scales) <= last:
+        raise ValueError(f"`guidance_scale` as a list needs {last + 1} entries (one per level), got {guidance_scale}.")
+    if any(w < 0 for w in scales):
         raise ValueError(f"`guidance_scale` must be >= 0 (1 disables guidance), got {guidance_scale}.")
     if num_videos_per_prompt < 1:
         raise ValueError(f"`num_videos_per_prompt` must be >= 1, got {num_videos_per_prompt}.")

@@ -86,12 +86,17 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(do_resize=False)
 
     @property
-    def guidance_scale(self) -> float:
+    def guidance_scale(self) -> float | list[float]:
         return self._guidance_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale != 1.0
+        scales = self._guidance_scale if isinstance(self._guidance_scale, list) else [self._guidance_scale]
+        return any(w != 1.0 for w in scales)
+
+    def _level_guidance(self, level: int) -> float:
+        w = self._guidance_scale
+        return float(w[level]) if isinstance(w, list) else float(w)
 
     @property
     def interrupt(self) -> bool:
@@ -202,7 +207,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             denoised = c_skip * x.repeat(reps, 1, 1, 1, 1) + c_out * out.to(x.dtype)
             if reps == 2:
                 d_cond, d_uncond = denoised.chunk(2)
-                denoised = d_uncond + self.guidance_scale * (d_cond - d_uncond)
+                denoised = d_uncond + self._level_guidance(level) * (d_cond - d_uncond)
             tiler.accumulate(acc, denoised, vids, tiles)
         return tiler.normalize(acc)
 
@@ -269,7 +274,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = 32,
         level_steps: list[int] | None = None,
-        guidance_scale: float = 3.0,
+        guidance_scale: float | list[float] = 3.0,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -297,7 +302,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             class_labels: class ids (class-conditional models), one per prompt/video.
             num_frames, height, width: the output size; must be one level's canvas (default: the finest level).
             num_inference_steps: level-0 steps ``N``; level ``l`` uses ``max(1, N // 2**l)`` unless ``level_steps``.
-            guidance_scale: classifier-free guidance ``w`` (``1`` disables it and runs one pass per tile batch).
+            guidance_scale: classifier-free guidance ``w`` (``1`` disables it and runs one pass per tile batch), or
+                one ``w`` per level, coarse to fine: level 0 decides the layout and the motion, the finer levels
+                only add detail, and a scale that helps one can hurt the other (docs/evaluation.md).
             generator: one generator, or a list with one per video (then video ``i`` depends only on generator ``i``).
             overlap_axes: axes with 50% tile overlap (subset of ``("f", "h", "w")``).
             blending: ``"uniform"`` (paper) or ``"smooth"`` window weights when fusing tiles.
@@ -323,7 +330,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             guidance_scale, num_videos_per_prompt, generator, prompt_embeds, negative_prompt_embeds, overlap_axes,
             blending, tile_batch_size, num_levels, output_type, callback_on_step_end_tensor_inputs, context_sigma,
         )  # fmt: skip
-        self._guidance_scale = guidance_scale
+        self._guidance_scale = list(guidance_scale) if isinstance(guidance_scale, (list, tuple)) else guidance_scale
         self._interrupt = False
         device = self._execution_device
         num_videos = batch * num_videos_per_prompt
