@@ -117,6 +117,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_guidance(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[3.0],
+        help="CFG scale, or one per level coarse to fine (e.g. 7 3 3)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpdm", description="Hierarchical Patch Diffusion Models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -129,13 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, default=32, help="level-0 steps (halved at every finer level)")
-    g.add_argument(
-        "--guidance",
-        type=float,
-        nargs="+",
-        default=[3.0],
-        help="CFG scale, or one per level coarse to fine (e.g. 7 3 3)",
-    )
+    _add_guidance(g)
     g.add_argument("--num-frames", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
@@ -167,13 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument("--num-videos", type=int, default=64)
     e.add_argument("--steps", type=int, default=32)
-    e.add_argument(
-        "--guidance",
-        type=float,
-        nargs="+",
-        default=[3.0],
-        help="CFG scale, or one per level coarse to fine (e.g. 7 3 3)",
-    )
+    _add_guidance(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bf16", action="store_true")
     e.add_argument(
