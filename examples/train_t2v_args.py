@@ -72,6 +72,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--high_noise_p_mean", type=float, default=None, help="Mean of ln(sigma) there (default 3).")
     g.add_argument("--high_noise_p_std", type=float, default=None, help="Std of ln(sigma) there (default 0.1).")
     g.add_argument(
+        "--clean_context_fraction",
+        type=float,
+        default=None,
+        help="Fraction of samples whose coarser levels (below a random cut level) are drawn almost clean, "
+        "ln(sigma) ~ N(--clean_context_p_mean, --clean_context_p_std), as the pipeline's context sees them "
+        "(default 0: independent levels).",
+    )
+    g.add_argument("--clean_context_p_mean", type=float, default=None, help="Mean of ln(sigma) there (default -2.3).")
+    g.add_argument("--clean_context_p_std", type=float, default=None, help="Std of ln(sigma) there (default 0.5).")
+    g.add_argument(
         "--level_noise_shift",
         type=float,
         default=None,

@@ -1,5 +1,7 @@
 """The ``hpdm`` command line: outputs that can be read back, and errors that name the fix."""
 
+import json
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -79,3 +81,32 @@ def test_make_dataset_writes_a_loadable_folder(tmp_path, capsys):
     ds = load_video_dataset(tmp_path / "d", num_frames=4, height=64, width=64)
     assert len(ds) == 3 and ds[0]["video"].shape == (3, 4, 64, 64)
     assert torch.is_tensor(ds[0]["video"])
+
+
+def test_evaluate_reports_the_real_clips_next_to_the_model(model_dir, tmp_path, capsys):
+    """``hpdm evaluate`` writes a report whose ``real_clips`` section scores the domain's own clips of the same
+    prompts with the same metrics (the detector's ceiling, the seam score's floor), and the scores of the model's
+    videos do not depend on how the prompts are batched (video ``i`` comes from seed ``seed + i`` alone)."""
+    from diffusers_hpdm.evaluation import prompt_following_accuracy, seam_score, tile_edges
+    from diffusers_hpdm.evaluation.run import evaluate_pipeline, evaluation_prompts, real_clips
+
+    out = tmp_path / "report.json"
+    argv = ["evaluate", "--model", str(model_dir), "--num-videos", "3", "--steps", "2", "--seed", "5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    summary, prompts = report["summary"], evaluation_prompts(3)
+    assert [v["prompt"] for v in report["videos"]] == prompts and [v["seed"] for v in report["videos"]] == [5, 6, 7]
+    clips = real_clips(prompts, (2, 32, 32), seed=5)
+    assert clips.shape == (3, 2, 32, 32, 3) and clips.dtype == np.uint8
+    reference = summary["real_clips"]
+    assert reference["accuracy"] == prompt_following_accuracy(list(clips), prompts)
+    assert reference["accuracy"]["colour"] == 1.0  # the detector reads the domain's own clips
+    borders = (tile_edges(32, 8, 4), tile_edges(32, 8, 4))
+    assert reference["seam_score"] == pytest.approx(np.mean([seam_score(v, borders) for v in clips]))
+    assert summary["seam_score"] is not None and len(summary["accuracy_per_level"]) == 3
+    assert real_clips(["a red thing"], (2, 32, 32)) is None  # not every attribute named: no reference
+    pipe = HierarchicalPatchPipeline.from_pretrained(model_dir)
+    one_by_one = evaluate_pipeline(pipe, num_videos=3, num_inference_steps=2, seed=5, batch_size=1)["summary"]
+    assert one_by_one["accuracy_per_level"] == summary["accuracy_per_level"]
+    for key in ("seam_score", "level_psnr", "temporal_flicker", "border_energy_profile"):  # float32 batching noise
+        assert one_by_one[key] == pytest.approx(summary[key], rel=1e-5, abs=1e-3 if "profile" in key else 1e-12)

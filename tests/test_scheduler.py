@@ -441,3 +441,45 @@ def test_cuda_sampling_matches_cpu_with_cpu_generator():
     cuda = run_loop(scheduler, x.cuda(), smooth_model, torch.Generator().manual_seed(17))[-1]
     assert cuda.device.type == "cuda"
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-9, atol=1e-9)
+
+
+def test_training_sigmas_clean_context():
+    """``clean_context_fraction``: that share of rows draws the levels below a uniform cut level from the clean
+    component (shifted per level); the cut level and the finer ones keep their draw; 0 draws what it always drew."""
+    n, fraction, L = 30_000, 0.4, 3
+    kw = dict(p_mean=1.5, p_std=0.3, high_noise_fraction=0.25, clean_context_p_std=0.2)
+    plain = HPDMScheduler(**kw)
+    mixed = HPDMScheduler(**kw, clean_context_fraction=fraction)
+    assert torch.equal(
+        HPDMScheduler(**kw, clean_context_fraction=0.0).sample_training_sigmas(
+            64, L, generator=torch.Generator().manual_seed(1)
+        ),
+        plain.sample_training_sigmas(64, L, generator=torch.Generator().manual_seed(1)),
+    )
+    before = plain.sample_training_sigmas(n, L, generator=torch.Generator().manual_seed(2))
+    after = mixed.sample_training_sigmas(n, L, generator=torch.Generator().manual_seed(2))
+    shift = math.log(mixed.noise_shift) * torch.arange(L)
+    # the clean component (ln sigma ~ N(-2.3, 0.2) at level 0) and the main one (N(1.5, 0.3)) are 6+ std apart
+    clean = (after.double().log() - shift) < -0.7  # (n, L)
+    cut = clean.sum(1)  # levels 0 .. cut-1 are clean
+    assert torch.equal(clean, torch.arange(L) < cut[:, None])  # always a prefix of the levels, never the finest
+    assert cut.max() == L - 1
+    share = (cut > 0).double().mean().item()
+    assert abs(share - fraction) < 4 * math.sqrt(fraction * (1 - fraction) / n)
+    assert abs((cut == 1).double().mean().item() - fraction / 2) < 0.015  # the cut level is uniform over 1..L-1
+    # unchanged levels keep exactly their draw; clean ones have the clean component's statistics
+    assert torch.equal(after[~clean], before[~clean])
+    z = after.double().log()[:, 0][clean[:, 0]]
+    assert abs(z.mean().item() + 2.3) < 0.01 and abs(z.std().item() - 0.2) < 0.01
+    # one generator per row still decides its row alone; one level has no coarser level to clean
+    rows = mixed.sample_training_sigmas(3, L, generator=[torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    alone = mixed.sample_training_sigmas(1, L, generator=[torch.Generator().manual_seed(6)])
+    assert torch.equal(rows[2:], alone)
+    one = mixed.sample_training_sigmas(64, 1, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(one, plain.sample_training_sigmas(64, 1, generator=torch.Generator().manual_seed(7)))
+
+
+@pytest.mark.parametrize("kwargs", [dict(clean_context_fraction=2.0), dict(clean_context_p_std=0.0)])
+def test_bad_clean_context_raises(kwargs):
+    with pytest.raises(ValueError, match="clean_context"):
+        HPDMScheduler(**kwargs)

@@ -491,3 +491,25 @@ def test_demo_recipe_arguments_build_what_they_say(train_script, tmp_path):
     )
     assert tune_args.keep_condition_above_sigma == 10
     assert components.build_scheduler(tune_args, model).config.high_noise_fraction == 0.5
+
+
+def test_fine_tune_scheduler_takes_explicit_noise_options(train_script, tmp_path):
+    """A fine-tune inherits the base's scheduler, and a noise option given on the command line replaces the base's
+    value, also one the base's saved config does not have (a newer option)."""
+    components = sys.modules["train_t2v_components"]
+    base = HPDMScheduler(p_mean=-0.4, high_noise_fraction=0.5)
+    base.save_pretrained(tmp_path / "base" / "scheduler")
+    config_file = tmp_path / "base" / "scheduler" / "scheduler_config.json"
+    saved = json.loads(config_file.read_text())
+    saved.pop("clean_context_fraction")  # as written before the option existed
+    config_file.write_text(json.dumps(saved))
+    model = HPDMTransformer.from_preset("tiny", text_embed_dim=16)
+    argv = ["--train_data_dir", str(tmp_path), "--pretrained_base", str(tmp_path / "base")]
+    inherited = components.build_scheduler(train_script.parse_args(argv), model)
+    assert inherited.config.p_mean == -0.4 and inherited.config.clean_context_fraction == 0.0
+    argv += ["--clean_context_fraction", "0.5", "--high_noise_fraction", "0.25"]
+    tuned = components.build_scheduler(train_script.parse_args(argv), model)
+    assert tuned.config.clean_context_fraction == 0.5 and tuned.config.high_noise_fraction == 0.25
+    assert tuned.config.p_mean == -0.4
+    with pytest.raises(ValueError, match="clean_context"):
+        components.build_scheduler(train_script.parse_args([*argv, "--clean_context_fraction", "2"]), model)

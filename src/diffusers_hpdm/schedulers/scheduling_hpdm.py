@@ -55,6 +55,12 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
             `sample_training_sigmas`). 0 keeps the single log-normal.
         high_noise_p_mean (`float`, defaults to 3.0): Mean of `ln(sigma)` of that component (sigma ~ 20).
         high_noise_p_std (`float`, defaults to 0.1): Its standard deviation.
+        clean_context_fraction (`float`, defaults to 0.0): Fraction of training rows whose coarser levels are drawn
+            almost clean, as the pipeline's context pass sees them (not in the paper; see `sample_training_sigmas`).
+            0 keeps every level's draw independent.
+        clean_context_p_mean (`float`, defaults to -2.3): Mean of `ln(sigma)` of those levels at level 0 (sigma ~
+            0.1, the pipeline's default `context_sigma`), shifted per level like every draw.
+        clean_context_p_std (`float`, defaults to 0.5): Its standard deviation.
         level_growth (`tuple[int, int, int]`, defaults to `(2, 2, 2)`): Per-axis (F, H, W) growth between levels.
         level_noise_shift (`float`, *optional*): Sigma multiplier per level; `None` means `sqrt(prod(level_growth))`.
         level_steps (`list[int]`, *optional*): Explicit step count per level, overriding `N // 2**level`.
@@ -83,6 +89,9 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         high_noise_fraction: float = 0.0,
         high_noise_p_mean: float = 3.0,
         high_noise_p_std: float = 0.1,
+        clean_context_fraction: float = 0.0,
+        clean_context_p_mean: float = -2.3,
+        clean_context_p_std: float = 0.5,
         level_growth: tuple[int, ...] | list[int] = (2, 2, 2),
         level_noise_shift: float | None = None,
         level_steps: list[int] | None = None,
@@ -102,6 +111,11 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"Need 0 <= high_noise_fraction <= 1 and high_noise_p_std > 0, got {high_noise_fraction=} and "
                 f"{high_noise_p_std=}."
+            )
+        if not 0 <= clean_context_fraction <= 1 or clean_context_p_std <= 0:
+            raise ValueError(
+                f"Need 0 <= clean_context_fraction <= 1 and clean_context_p_std > 0, got {clean_context_fraction=} "
+                f"and {clean_context_p_std=}."
             )
         if len(level_growth) != 3 or any(int(g) < 1 for g in level_growth):
             raise ValueError(f"level_growth must be three per-axis factors >= 1 (F, H, W), got {level_growth}.")
@@ -196,6 +210,14 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         high noise, where the loss is the fit of the prompt's conditional mean (the layout) and the single
         log-normal puts few samples.
 
+        With `clean_context_fraction > 0` (and `num_levels > 1`) each row is, with that probability, given a cut
+        level `c` drawn uniformly from `1 .. num_levels - 1`, and its levels `l < c` are redrawn from
+        `N(clean_context_p_mean + l*ln(shift), clean_context_p_std)`: level `c` and the finer ones keep their draw but
+        see their coarser levels as the pipeline gives them at inference (finished, re-noised to `context_sigma`).
+        Independent draws rarely give a level clean coarser levels (level 0 below sigma 0.2: 37% of the rows with
+        EDM's log-normal, 19% with `p_mean=-0.4, p_std=1.4`, none in a high-noise row; levels 0 and 1 both clean:
+        fewer still), so a short fine-tuning barely learns to follow its context.
+
         Args:
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row.
         """
@@ -211,6 +233,16 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
             high = torch.special.ndtr(u) < fraction  # a uniform draw through the normal CDF, per-row generators
             mean = torch.where(high, float(self.config.high_noise_p_mean), mean)
             std = torch.where(high, float(self.config.high_noise_p_std), std)
+        mean, std = mean.expand(-1, num_levels), std.expand(-1, num_levels)
+        fraction = self.config.clean_context_fraction
+        if fraction > 0 and num_levels > 1:  # drawn only then: the streams above stay unchanged
+            u = randn_tensor((batch_size, 2), generator=generator, device=device, dtype=dtype)
+            p = torch.special.ndtr(u)  # two uniform draws per row: clean or not, and the cut level
+            cut = (1 + (p[:, 1:] * (num_levels - 1)).long()).clamp(max=num_levels - 1)
+            cut = torch.where(p[:, :1] < fraction, cut, 0)  # 0: no clean level
+            clean = levels < cut  # (B, L)
+            mean = torch.where(clean, float(self.config.clean_context_p_mean), mean)
+            std = torch.where(clean, float(self.config.clean_context_p_std), std)
         return (mean + levels * math.log(self.noise_shift) + std * z).exp()
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, sigmas: Sigma) -> torch.Tensor:

@@ -1,0 +1,120 @@
+"""Which level limits the demo model: the held-out evaluation of ``hpdm evaluate`` with the coarsest ``K`` levels'
+samples replaced by the real clips of the same prompts (rendered in memory, area-downsampled to each level).
+
+For every ``K`` in ``--oracle-levels`` (default ``0 1 2``; ``0`` is the model alone) the pipeline samples each
+level as usual, and at the end of level ``k < K`` a ``callback_on_step_end`` swaps the canvas for the real clip at
+that size, so levels ``K..`` start from a perfect coarse video and see it through context fusion exactly as they see
+their own. What moves between ``K = 0`` and ``K = 1`` is level 0's doing: the prompt following it did not get right,
+and the token-grid edges the finer levels copy into the seam score. The real clips' own seam score and border
+energy profile are the floor of those metrics on this domain.
+
+    .venv/bin/python benchmarks/oracle_levels.py                          # 32 videos, K = 0 1 2, ~25 min on 2 cores
+    .venv/bin/python benchmarks/oracle_levels.py --num-videos 8 --oracle-levels 0 1   # ~4 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from common import save, setup_threads, table  # noqa: E402
+
+from diffusers_hpdm.cli import _load_pipeline  # noqa: E402
+from diffusers_hpdm.evaluation.run import evaluate_pipeline, evaluation_prompts, real_clips  # noqa: E402
+from diffusers_hpdm.geometry import area_downsample  # noqa: E402
+
+
+class ReplaceCoarseLevels:
+    """``callback_on_step_end`` that replaces the canvas of every level below ``num_levels`` by the real clips at
+    its last step. Videos arrive in the order of ``real`` (``evaluate_pipeline`` runs the prompts in order)."""
+
+    def __init__(self, real: torch.Tensor, level_sizes: list[tuple[int, int, int]], num_levels: int):
+        self.per_level = [area_downsample(real, size) for size in level_sizes[:num_levels]]
+        self.sizes = [tuple(s) for s in level_sizes[:num_levels]]
+        self.offset, self.step_in_level, self.replaced = 0, 0, 0
+
+    def __call__(self, pipe, step: int, timestep, kwargs: dict) -> dict:
+        latents = kwargs["latents"]
+        size = tuple(latents.shape[2:])
+        if size not in self.sizes:
+            return {}
+        self.step_in_level += 1
+        if self.step_in_level < len(pipe.scheduler.timesteps):
+            return {}
+        self.step_in_level = 0
+        level, batch = self.sizes.index(size), latents.shape[0]
+        real = self.per_level[level][self.offset : self.offset + batch].to(latents)
+        self.replaced += batch
+        if level == len(self.sizes) - 1:  # the last replaced level of this batch: the next batch starts
+            self.offset += batch
+        return {"latents": real}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="models/hpdm-shapes-demo")
+    p.add_argument("--num-videos", type=int, default=32)
+    p.add_argument("--oracle-levels", type=int, nargs="+", default=[0, 1, 2], help="K values: real levels 0..K-1")
+    p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="as `hpdm evaluate --guidance`")
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    setup_threads(args.threads)
+
+    pipe = _load_pipeline(args.model, bf16=False, compile_blocks=args.compile)
+    sizes = pipe.transformer.level_sizes
+    if max(args.oracle_levels) >= len(sizes):
+        raise SystemExit(f"--oracle-levels: at most {len(sizes) - 1} (the model has {len(sizes)} levels)")
+    guidance = args.guidance[0] if len(args.guidance) == 1 else args.guidance
+    prompts = evaluation_prompts(args.num_videos)
+    real = torch.from_numpy(real_clips(prompts, sizes[-1], args.seed)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+    ph = pipe.transformer.config.patch_size[1]
+    rows, reports = [], {}
+    for k in args.oracle_levels:
+        callback = ReplaceCoarseLevels(real, sizes, k) if k else None
+        report = evaluate_pipeline(
+            pipe, num_videos=len(prompts), num_inference_steps=args.steps, guidance_scale=guidance, seed=args.seed,
+            prompts=prompts, callback_on_step_end=callback,
+        )["summary"]  # fmt: skip
+        if callback is not None and callback.replaced != k * len(prompts):
+            raise RuntimeError(f"replaced {callback.replaced} canvases, expected {k * len(prompts)}")
+        reports[k] = report
+        if not rows:
+            ref = report["real_clips"]
+            rows.append({"real levels": "real clips", **ref["accuracy"], "seam_score": ref["seam_score"],
+                         "profile_0": ref["border_energy_profile"][0],
+                         "profile_8": ref["border_energy_profile"][ph // 2]})  # fmt: skip
+        acc = report["accuracy"]
+        rows.append(
+            {
+                "real levels": k,
+                "colour": acc["colour"],
+                "shape": acc["shape"],
+                "direction": acc["direction"],
+                "speed": acc["speed"],
+                "all": acc["all"],
+                "seam_score": report["seam_score"],
+                "profile_0": report["border_energy_profile"][0],
+                "profile_8": report["border_energy_profile"][ph // 2],
+                "level_psnr": " / ".join(f"{x:.1f}" for x in report["level_psnr"]),
+            }
+        )
+        print(table(rows, list(rows[-1])), flush=True)
+    path = save(
+        "oracle_levels",
+        dict(model=args.model, num_videos=len(prompts), guidance=guidance, seed=args.seed, rows=rows,
+             reports={str(k): r for k, r in reports.items()}),
+    )  # fmt: skip
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
