@@ -104,6 +104,8 @@ def test_evaluate_reports_the_real_clips_next_to_the_model(model_dir, tmp_path, 
     borders = (tile_edges(32, 8, 4), tile_edges(32, 8, 4))
     assert reference["seam_score"] == pytest.approx(np.mean([seam_score(v, borders) for v in clips]))
     assert summary["seam_score"] is not None and len(summary["accuracy_per_level"]) == 3
+    per_level = summary["seam_score_per_level"]  # level 0 is one tile; the finest level is the headline number
+    assert per_level[0] is None and per_level[1] is not None and per_level[2] == summary["seam_score"]
     assert real_clips(["a red thing"], (2, 32, 32)) is None  # not every attribute named: no reference
     pipe = HierarchicalPatchPipeline.from_pretrained(model_dir)
     one_by_one = evaluate_pipeline(pipe, num_videos=3, num_inference_steps=2, seed=5, batch_size=1)["summary"]

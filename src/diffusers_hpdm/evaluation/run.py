@@ -62,7 +62,8 @@ def evaluate_pipeline(
     Returns:
         ``{"summary": {...}, "videos": [{prompt, seed}...]}``. The summary holds prompt-following accuracy per
         attribute at every level, the finest level's seam score (gradient energy on tile borders / elsewhere, at the
-        tile borders of the finest level's plan) and where that energy sits (``border_energy_profile``), PSNR of
+        tile borders of the finest level's plan; ``seam_score_per_level``: every level at its own plan's borders,
+        ``None`` for a level sampled as one tile) and where that energy sits (``border_energy_profile``), PSNR of
         each level against the next finer one downsampled, and the mean temporal flicker; under ``real_clips`` the
         same prompt following, seam score and profile of the domain's own clips of the same prompts (the
         detector's ceiling and the seam metrics' floor: the clips have sharp edges wherever the shapes are). ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``).
@@ -91,24 +92,31 @@ def evaluate_pipeline(
     final = levels[-1]
     F, H, W = final[0].shape[:3]
     _, ph, pw = cfg.patch_size
-    borders = (
-        tile_edges(H, ph, ph // 2 if "h" in overlap_axes else ph),
-        tile_edges(W, pw, pw // 2 if "w" in overlap_axes else pw),
-    )
-    seamed = H > ph or W > pw
+
+    def level_seams(videos) -> float | None:  # at the tile borders of that level's own plan; None: one tile
+        _, h, w = videos[0].shape[:3]
+        if h <= ph and w <= pw:
+            return None
+        borders = (
+            tile_edges(h, ph, ph // 2 if "h" in overlap_axes else ph),
+            tile_edges(w, pw, pw // 2 if "w" in overlap_axes else pw),
+        )
+        return float(np.mean([seam_score(v, borders) for v in videos]))
+
     real = real_clips(prompts, (F, H, W), seed)
     reference = None
     if real is not None:
         reference = {
             "accuracy": prompt_following_accuracy(list(real), prompts),
-            "seam_score": float(np.mean([seam_score(v, borders) for v in real])) if seamed else None,
+            "seam_score": level_seams(real),
             "border_energy_profile": np.mean([border_energy_profile(v, ph) for v in real], 0).round(3).tolist(),
         }
     summary = {
         "num_videos": len(prompts),
         "accuracy": prompt_following_accuracy(final, prompts),
         "accuracy_per_level": [prompt_following_accuracy(videos, prompts) for videos in levels],
-        "seam_score": float(np.mean([seam_score(v, borders) for v in final])) if seamed else None,
+        "seam_score": level_seams(final),
+        "seam_score_per_level": [level_seams(videos) for videos in levels],
         # where the border energy sits: finest level by coordinate mod the patch size (tile borders at 0 and, with
         # overlap, ph / 2; token borders at multiples of the tokenizer patch), and level 0 (one tile, no tiling
         # seams) by coordinate mod the tokenizer patch
