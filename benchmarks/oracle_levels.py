@@ -61,6 +61,7 @@ def main() -> int:
     p.add_argument("--oracle-levels", type=int, nargs="+", default=[0, 1, 2], help="K values: real levels 0..K-1")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="as `hpdm evaluate --guidance`")
     p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--blending", choices=("uniform", "smooth"), default="uniform")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks")
     p.add_argument("--threads", type=int, default=None)
@@ -81,7 +82,7 @@ def main() -> int:
         callback = ReplaceCoarseLevels(real, sizes, k) if k else None
         report = evaluate_pipeline(
             pipe, num_videos=len(prompts), num_inference_steps=args.steps, guidance_scale=guidance, seed=args.seed,
-            prompts=prompts, callback_on_step_end=callback,
+            prompts=prompts, blending=args.blending, callback_on_step_end=callback,
         )["summary"]  # fmt: skip
         if callback is not None and callback.replaced != k * len(prompts):
             raise RuntimeError(f"replaced {callback.replaced} canvases, expected {k * len(prompts)}")
@@ -101,6 +102,7 @@ def main() -> int:
                 "speed": acc["speed"],
                 "all": acc["all"],
                 "seam_score": report["seam_score"],
+                "level 1 seams": report["seam_score_per_level"][1],
                 "profile_0": report["border_energy_profile"][0],
                 "profile_8": report["border_energy_profile"][ph // 2],
                 "level_psnr": " / ".join(f"{x:.1f}" for x in report["level_psnr"]),
@@ -109,8 +111,8 @@ def main() -> int:
         print(table(rows, list(rows[-1])), flush=True)
     path = save(
         "oracle_levels",
-        dict(model=args.model, num_videos=len(prompts), guidance=guidance, seed=args.seed, rows=rows,
-             reports={str(k): r for k, r in reports.items()}),
+        dict(model=args.model, num_videos=len(prompts), guidance=guidance, seed=args.seed, blending=args.blending,
+             rows=rows, reports={str(k): r for k, r in reports.items()}),
     )  # fmt: skip
     print(f"\nwrote {path}")
     return 0

@@ -487,6 +487,29 @@ def test_axis_offsets_tile_count(half, k):
         assert G.axis_offsets(canvas, patch, False) == list(range(0, canvas, patch))
 
 
+@SETTINGS
+@given(patch=st.integers(1, 24), extra=st.integers(0, 60), overlap=st.booleans(), data=st.data())
+def test_shifted_axis_offsets_cover_and_move_the_interior_windows(patch, extra, overlap, data):
+    """A shifted plan still covers the canvas with in-bounds windows; every window other than the two at the canvas
+    edges starts at ``shift + k * stride``; shift 0 is the plain plan."""
+    canvas, stride = patch + extra, G.axis_stride(patch, overlap)
+    shift = data.draw(st.integers(0, stride - 1))
+    offsets = G.axis_offsets(canvas, patch, overlap, shift)
+    assert offsets[0] == 0 and offsets[-1] == canvas - patch and offsets == sorted(set(offsets))
+    count = np.zeros(canvas, dtype=int)
+    for o in offsets:
+        count[o : o + patch] += 1
+    assert (count >= 1).all()
+    assert all((o - shift) % stride == 0 for o in offsets[1:-1])
+    if shift == 0:
+        assert offsets == G.axis_offsets(canvas, patch, overlap)
+
+
+def test_axis_offsets_rejects_a_shift_outside_the_stride():
+    with pytest.raises(ValueError, match="shift"):
+        G.axis_offsets(64, 16, True, shift=8)
+
+
 @pytest.mark.parametrize("overlap", [True, False])
 def test_axis_offsets_rejects_small_canvas(overlap):
     with pytest.raises(ValueError, match="smaller than the patch"):

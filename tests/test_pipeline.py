@@ -80,16 +80,17 @@ class PositionOracle(HPDMTransformer):
 
 
 @pytest.mark.parametrize("overlap", [(), ("h", "w"), ("f", "h", "w")])
-@pytest.mark.parametrize("blending", ["uniform", "smooth"])
-def test_fused_canvas_equals_position_field_everywhere(overlap, blending):
+@pytest.mark.parametrize("blending, shift_tiles", [("uniform", False), ("smooth", False), ("uniform", True)])
+def test_fused_canvas_equals_position_field_everywhere(overlap, blending, shift_tiles):
     # Odd patch sizes force snapped last windows (e.g. h: offsets 0, 2, 4, 5 on a 10-voxel canvas).
     model = PositionOracle(patch_size=(3, 5, 7), num_levels=2, tokenizer_patch=(1, 1, 1), token_dim=8, latent_dim=8,
                            num_latents=2, num_blocks=1, num_compute_layers=1, num_heads=1, num_classes=2)  # fmt: skip
     # float64: the last Euler step x + (0 - sigma) (x - D) / sigma returns D only up to rounding of x ~ sigma.
     p = HierarchicalPatchPipeline(model.double(), HPDMScheduler(level_samplers=["euler", "euler"]))
     p.set_progress_bar_config(disable=True)
-    out = p(class_labels=[1], num_inference_steps=2, guidance_scale=1.0, overlap_axes=overlap, blending=blending,
-            output_type="latent", return_levels=True, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = p(class_labels=[1], num_inference_steps=2, level_steps=[2, 2], guidance_scale=1.0, overlap_axes=overlap,
+            blending=blending, shift_tiles=shift_tiles, output_type="latent", return_levels=True,
+            generator=torch.Generator().manual_seed(0))  # fmt: skip
     for lvl, video in enumerate(out.levels):
         F, H, W = video.shape[2:]
         axes = [(torch.arange(k, dtype=torch.float64) + 0.5) / k for k in (F, H, W)]
@@ -121,42 +122,34 @@ def test_single_tile_canvas_is_bit_identical_to_untiled_sampling(pipe):
 # Context cache, determinism, batching
 
 
-def test_cached_and_uncached_context_give_the_same_frames(pipe):
-    cached = run(pipe, cache_context=True).frames
-    uncached = run(pipe, cache_context=False).frames
+@pytest.mark.parametrize("shift_tiles", [False, True])
+def test_cached_and_uncached_context_give_the_same_frames(pipe, shift_tiles):
+    kw = dict(level_steps=[2, 2, 2], shift_tiles=shift_tiles)
+    cached = run(pipe, cache_context=True, **kw).frames
+    uncached = run(pipe, cache_context=False, **kw).frames
     assert (cached - uncached).abs().max() <= 1e-5
 
 
-def test_reproducible_and_independent_of_batching_and_offload(pipe):
-    ref = run(pipe, tile_batch_size=4).frames
-    assert torch.equal(ref, run(pipe, tile_batch_size=4).frames)
-    assert not torch.equal(ref, run(pipe, seed=1, tile_batch_size=4).frames)
-    for tbs in (1, 10_000):
-        assert (run(pipe, tile_batch_size=tbs).frames - ref).abs().max() <= 1e-5
-    assert (run(pipe, tile_batch_size=4, offload_context=True).frames - ref).abs().max() <= 1e-5
-    # Two prompts in one call (one generator each) == one call per prompt.
-    both = run(pipe, PROMPTS, tile_batch_size=4).frames
-    second = pipe(
-        PROMPTS[1],
-        generator=torch.Generator().manual_seed(1),
-        num_inference_steps=2,
-        output_type="pt",
-        tile_batch_size=4,
-    ).frames
-    assert (both[0] - ref[0]).abs().max() <= 1e-5 and (both[1] - second[0]).abs().max() <= 1e-5
-    # num_videos_per_prompt with a generator list == separate calls.
-    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(7)]
-    multi = pipe(
-        PROMPTS[0], num_videos_per_prompt=2, generator=gens, num_inference_steps=2, output_type="pt", tile_batch_size=4
-    ).frames
-    other = run(pipe, seed=7, tile_batch_size=4).frames
-    assert (multi[0] - ref[0]).abs().max() <= 1e-5 and (multi[1] - other[0]).abs().max() <= 1e-5
+def test_shifted_tiles_move_the_plan_of_every_other_evaluation(pipe):
+    """With ``shift_tiles`` the finer levels alternate between the plan and the plan moved by half a stride (one
+    window more per tiled axis: the two at the canvas edges stay); level 0, a single tile, is bit-identical."""
+    calls = []
 
+    def record(module, args, kwargs, output):
+        if kwargs.get("level"):
+            calls.append((kwargs["level"], sorted({round(float(v) * 16) for v in args[2][:, 1]})))
 
-def test_negative_prompt_changes_the_unconditional_branch(pipe):
-    a = run(pipe).frames
-    b = run(pipe, negative_prompt="blurry").frames
-    assert (a - b).abs().max() > 1e-4
+    kw = dict(level_steps=[2, 2, 2], guidance_scale=1.0, return_levels=True, tile_batch_size=10_000)
+    plain = run(pipe, **kw)
+    hook = pipe.transformer.register_forward_hook(record, with_kwargs=True)
+    try:
+        shifted = run(pipe, **kw, shift_tiles=True)
+    finally:
+        hook.remove()
+    assert torch.equal(plain.levels[0], shifted.levels[0])
+    assert not torch.equal(plain.frames, shifted.frames)
+    # level 1: a 16x16 canvas of 8x8 windows; h offsets (in 16ths of the canvas) of each of its two evaluations
+    assert [offsets for level, offsets in calls if level == 1] == [[0, 4, 8], [0, 2, 6, 8]]
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ def cmd_generate(args) -> int:
             guidance_scale=_guidance(args.guidance),
             overlap_axes=tuple(args.overlap),
             blending=args.blending,
+            shift_tiles=args.shift_tiles,
             tile_batch_size=args.tile_batch_size,
             context_sigma=args.context_sigma,
             num_levels=args.num_levels,
@@ -108,6 +109,7 @@ def cmd_evaluate(args) -> int:
         seed=args.seed,
         overlap_axes=tuple(args.overlap),
         blending=args.blending,
+        shift_tiles=args.shift_tiles,
         context_sigma=args.context_sigma,
     )
     print(json.dumps(report["summary"], indent=2))
@@ -127,6 +129,16 @@ def _add_guidance(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tiling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overlap", default="fhw", help="axes with 50%% tile overlap, e.g. 'hw'")
+    parser.add_argument("--blending", default="uniform", choices=["uniform", "smooth"], help="tile weights")
+    parser.add_argument(
+        "--shift-tiles",
+        action="store_true",
+        help="alternate between the tile plan and the plan moved by half a stride (no fixed tile borders)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpdm", description="Hierarchical Patch Diffusion Models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-frames", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
-    g.add_argument("--overlap", default="fhw", help="axes with 50%% tile overlap, e.g. 'hw'")
-    g.add_argument("--blending", default="uniform", choices=["uniform", "smooth"])
+    _add_tiling(g)
     g.add_argument("--tile-batch-size", type=int, default=16)
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--context-sigma", type=float, default=0.1, help="re-noising of finished levels for the context")
@@ -177,8 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--compile", action="store_true", help="torch.compile the RIN blocks (~1.2-1.4x after up to ~1 min)"
     )
-    e.add_argument("--overlap", default="fhw", help="axes with 50%% tile overlap")
-    e.add_argument("--blending", default="uniform", choices=["uniform", "smooth"])
+    _add_tiling(e)
     e.add_argument("--context-sigma", type=float, default=0.1)
     e.add_argument("--out", default=None, help="write the full report as JSON")
     e.set_defaults(func=cmd_evaluate)

@@ -221,15 +221,20 @@ def extract_patches(video: torch.Tensor, boxes: torch.Tensor, patch_size: Sequen
 # --------------------------------------------------------------------------------------------------------------
 
 
-def axis_offsets(canvas: int, patch: int, overlap: bool) -> list[int]:
-    """Window offsets along one axis: stride ``patch//2`` with overlap (else ``patch``), last window snapped to the
-    edge so the windows cover ``[0, canvas)`` exactly."""
+def axis_stride(patch: int, overlap: bool) -> int:
+    """Window stride along one axis: ``patch // 2`` with 50% overlap, else ``patch``."""
+    return max(1, patch // 2) if overlap else patch
+
+
+def axis_offsets(canvas: int, patch: int, overlap: bool, shift: int = 0) -> list[int]:
+    """Window offsets along one axis: every stride (``axis_stride``) from ``shift``, plus a first window at 0 when
+    ``shift > 0`` and a last one snapped to the edge, so the windows cover ``[0, canvas)`` exactly."""
     if canvas < patch:
         raise ValueError(f"Canvas length {canvas} is smaller than the patch length {patch}.")
-    stride = max(1, patch // 2) if overlap else patch
-    offsets = list(range(0, canvas - patch + 1, stride))
-    if offsets[-1] != canvas - patch:
-        offsets.append(canvas - patch)
+    stride = axis_stride(patch, overlap)
+    if not 0 <= shift < stride:
+        raise ValueError(f"A window shift must lie in [0, stride={stride}), got {shift}.")
+    offsets = sorted({0, *range(shift, canvas - patch + 1, stride), canvas - patch})
     return offsets
 
 
@@ -252,13 +257,19 @@ class TilePlan:
         return tuple(slice(o, o + r) for o, r in zip(self.offsets[i], self.patch_size))  # type: ignore[return-value]
 
 
-def tile_plan(canvas: Sequence[int], patch_size: Sequence[int], overlap_axes: Sequence[str] = AXES) -> TilePlan:
-    """Tiles of a level (paper §4.4): window = patch size; 50% overlap along ``overlap_axes`` (subset of f, h, w)."""
+def tile_plan(
+    canvas: Sequence[int],
+    patch_size: Sequence[int],
+    overlap_axes: Sequence[str] = AXES,
+    shift: Sequence[int] = (0, 0, 0),
+) -> TilePlan:
+    """Tiles of a level (paper §4.4): window = patch size; 50% overlap along ``overlap_axes`` (subset of f, h, w);
+    ``shift`` moves the window grid by that many voxels per axis (see `axis_offsets`)."""
     bad = [a for a in overlap_axes if a not in AXES]
     if bad:
         raise ValueError(f"Unknown overlap axis {bad}; use a subset of {list(AXES)} (e.g. overlap_axes=('h', 'w')).")
     c, r = _as_size3(canvas, "canvas"), _as_size3(patch_size, "patch_size")
-    per_axis = [axis_offsets(ci, ri, a in overlap_axes) for ci, ri, a in zip(c, r, AXES)]
+    per_axis = [axis_offsets(ci, ri, a in overlap_axes, si) for ci, ri, a, si in zip(c, r, AXES, shift)]
     offsets = tuple((f, h, w) for f in per_axis[0] for h in per_axis[1] for w in per_axis[2])
     return TilePlan(canvas=c, patch_size=r, offsets=offsets)
 

@@ -283,6 +283,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         negative_prompt_attention_mask: torch.Tensor | None = None,
         overlap_axes: tuple[str, ...] | list[str] = AXES,
         blending: str = "uniform",
+        shift_tiles: bool = False,
         tile_batch_size: int = 16,
         cache_context: bool = True,
         offload_context: bool = False,
@@ -308,6 +309,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             generator: one generator, or a list with one per video (then video ``i`` depends only on generator ``i``).
             overlap_axes: axes with 50% tile overlap (subset of ``("f", "h", "w")``).
             blending: ``"uniform"`` (paper) or ``"smooth"`` window weights when fusing tiles.
+            shift_tiles: alternate, from one model evaluation to the next, between the tile plan and the plan moved
+                by half a stride on every tiled axis, so that no tile border stays in one place for the whole
+                sampling (SpotDiffusion's shifting windows on top of the overlap). ``False``: the paper's fixed plan.
             tile_batch_size: tiles per transformer call (results do not depend on it).
             cache_context: read coarser levels from the cache (fast); ``False`` recomputes them at every step.
             offload_context: keep the context cache on the CPU.
@@ -356,9 +360,16 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         step_count = 0
         reuse_context = cache_context or cfg.context_fusion == "none"
         for level in range(last_level + 1):
-            tiler = TiledCanvas(sizes[level], cfg.patch_size, overlap_axes, blending)
+            # With shift_tiles, evaluations alternate between the plan and the plan moved by half a stride; the
+            # context pass and the finer levels' chains use the plan.
+            tilers = (
+                TiledCanvas.shifted_pair(sizes[level], cfg.patch_size, overlap_axes, blending)
+                if shift_tiles
+                else [TiledCanvas(sizes[level], cfg.patch_size, overlap_axes, blending)]
+            )
+            tiler = tilers[0]
             chains_boxes.append(tiler.boxes())
-            chain = context_chain(chains_boxes, level) if level else []
+            chains = [context_chain([*chains_boxes[:level], t.boxes()], level) if level else [] for t in tilers]
             self.scheduler.set_timesteps(num_inference_steps, level=level, device=device, level_steps=level_steps)
             timesteps = self.scheduler.timesteps
             shape = (num_videos, cfg.in_channels, *sizes[level])
@@ -369,14 +380,15 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
 
             # 4. Denoising loop: fuse the tiles' denoised estimates, one scheduler step on the whole canvas
             with self.progress_bar(total=len(timesteps)) as progress_bar:
-                for t in timesteps:
+                for i, t in enumerate(timesteps):
                     if self.interrupt:
                         break
                     latents = self.scheduler.churn(latents, generator=generator)
                     sigma = self.scheduler.current_sigma
+                    plan = i % len(tilers)
                     denoised = self._denoise_canvas(
-                        latents, sigma, level, tiler, streams, chain, context if reuse_context else None,
-                        ctx_inputs, tile_batch_size,
+                        latents, sigma, level, tilers[plan], streams, chains[plan],
+                        context if reuse_context else None, ctx_inputs, tile_batch_size,
                     )  # fmt: skip
                     latents = self.scheduler.step(None, t, latents, denoised=denoised).prev_sample
                     if callback_on_step_end is not None:
@@ -396,7 +408,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 # Only the uncached path re-reads the re-noised inputs at every finer step; the cache replaces them.
                 ctx_inputs.append(None if cache_context else inputs)
                 if cache_context:
-                    ctx = self._context_pass(inputs, level, streams, chain, context, tile_batch_size)
+                    ctx = self._context_pass(inputs, level, streams, chains[0], context, tile_batch_size)
                     context.append(ctx.to("cpu") if offload_context else ctx)
 
         # 6. Post-process

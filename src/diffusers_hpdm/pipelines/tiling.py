@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..geometry import AXES, TilePlan, tile_plan
+from ..geometry import AXES, TilePlan, axis_stride, tile_plan
 
 BLENDINGS = ("uniform", "smooth")
 
@@ -38,6 +38,7 @@ class TiledCanvas:
         patch_size: window size (the model's patch size).
         overlap_axes: axes with 50% overlap.
         blending: ``"uniform"`` (average, as the paper) or ``"smooth"`` (Hann-window weights).
+        shift: voxels by which the window grid is moved per axis (``geometry.tile_plan``).
     """
 
     def __init__(
@@ -46,10 +47,11 @@ class TiledCanvas:
         patch_size: Sequence[int],
         overlap_axes: Sequence[str] = AXES,
         blending: str = "uniform",
+        shift: Sequence[int] = (0, 0, 0),
     ):
         if blending not in BLENDINGS:
             raise ValueError(f"`blending` must be one of {BLENDINGS}, got {blending!r}.")
-        self.plan: TilePlan = tile_plan(canvas, patch_size, overlap_axes)
+        self.plan: TilePlan = tile_plan(canvas, patch_size, overlap_axes, shift)
         self.slices = [self.plan.slices(i) for i in range(len(self.plan))]
         multi = [len({o[a] for o in self.plan.offsets}) > 1 for a in range(3)]
         self.weight = (
@@ -59,6 +61,17 @@ class TiledCanvas:
         for sl in self.slices:
             den[sl] += self.weight
         self.inv_den = 1.0 / den  # every voxel is covered (tile plans snap the last window to the edge)
+
+    @classmethod
+    def shifted_pair(cls, canvas, patch_size, overlap_axes=AXES, blending="uniform") -> list[TiledCanvas]:
+        """The plan, and the plan moved by half a stride on every axis with more than one window: two window grids
+        whose borders never coincide (on a single-window canvas, the plan alone)."""
+        base = cls(canvas, patch_size, overlap_axes, blending)
+        shift = [
+            axis_stride(r, a in overlap_axes) // 2 if c > r else 0
+            for c, r, a in zip(base.plan.canvas, patch_size, AXES)
+        ]
+        return [base] if not any(shift) else [base, cls(canvas, patch_size, overlap_axes, blending, shift)]
 
     def __len__(self) -> int:
         return len(self.plan)
