@@ -128,11 +128,11 @@ def finish_card(args, summary: dict) -> None:
             "shapes (16x64x64 videos from 4x16x16 patches). It exists so that the package can be run, tested and "
             "benchmarked offline; it is not a general-purpose video model. It saw "
             f"~{(16 * args.base_steps + 8 * args.finetune_steps) // 1000}k training clips (the paper's models see "
-            "hundreds of millions). Its level 0 draws the object at the granularity of its 4x4-pixel tokens, so "
-            "shapes are rough, and the token edges that remain (they coincide with tile borders) raise the seam "
-            "score. The "
-            "metrics below are measured on attribute combinations never seen in training; docs/evaluation.md and "
-            "docs/direction.md have the diagnosis and what was tried."
+            "hundreds of millions). Its level 0 decides the layout and the motion; the finer levels keep that motion "
+            "but follow the coarse video loosely, so shapes are rough, and their overlapping tiles disagree, which "
+            "raises the seam score (`blending=\"smooth\"` lowers it at the same accuracy). The metrics below are "
+            "measured on attribute combinations never seen in training, with the pipeline's defaults; "
+            "docs/evaluation.md and docs/direction.md have the diagnosis and what was tried."
         ),
         example_prompt="a red circle moving right slowly on a gray background",
         training=training,
