@@ -130,7 +130,7 @@ def finish_card(args, summary: dict) -> None:
             f"~{(16 * args.base_steps + 8 * args.finetune_steps) // 1000}k training clips (the paper's models see "
             "hundreds of millions). Its level 0 decides the layout and the motion; the finer levels keep that motion "
             "but follow the coarse video loosely, so shapes are rough, and their overlapping tiles disagree, which "
-            "raises the seam score (`blending=\"smooth\"` lowers it at the same accuracy). The metrics below are "
+            'raises the seam score (`blending="smooth"` lowers it at the same accuracy). The metrics below are '
             "measured on attribute combinations never seen in training, with the pipeline's defaults; "
             "docs/evaluation.md and docs/direction.md have the diagnosis and what was tried."
         ),
