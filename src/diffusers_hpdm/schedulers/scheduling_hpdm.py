@@ -14,6 +14,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from .training_sigmas import draw_training_sigmas
+
 logger = logging.get_logger(__name__)
 
 SAMPLERS = ("heun", "euler")
@@ -203,47 +205,27 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """
-        Draw training sigmas of shape `(batch_size, num_levels)` with `ln(sigma_l) ~ N(p_mean + l*ln(shift), p_std)`.
-
-        With `high_noise_fraction > 0` each row is drawn, with that probability, from `N(high_noise_p_mean +
-        l*ln(shift), high_noise_p_std)` instead: a two-component mixture that guarantees a share of every batch at
-        high noise, where the loss is the fit of the prompt's conditional mean (the layout) and the single
-        log-normal puts few samples.
-
-        With `clean_context_fraction > 0` (and `num_levels > 1`) each row is, with that probability, given a cut
-        level `c` drawn uniformly from `1 .. num_levels - 1`, and its levels `l < c` are redrawn from
-        `N(clean_context_p_mean + l*ln(shift), clean_context_p_std)`: level `c` and the finer ones keep their draw but
-        see their coarser levels as the pipeline gives them at inference (finished, re-noised to `context_sigma`).
-        Independent draws rarely give a level clean coarser levels (level 0 below sigma 0.2: 37% of the rows with
-        EDM's log-normal, 19% with `p_mean=-0.4, p_std=1.4`, none in a high-noise row; levels 0 and 1 both clean:
-        fewer still), so a short fine-tuning barely learns to follow its context.
+        Draw training sigmas of shape `(batch_size, num_levels)` with `ln(sigma_l) ~ N(p_mean + l*ln(shift), p_std)`,
+        or, for a `high_noise_fraction` of the rows, `N(high_noise_p_mean + l*ln(shift), high_noise_p_std)` at every
+        level, and, for a `clean_context_fraction` of the rows, `N(clean_context_p_mean + l*ln(shift),
+        clean_context_p_std)` at the levels below a cut level drawn uniformly from `1 .. num_levels - 1`
+        (`training_sigmas.draw_training_sigmas`, which says why).
 
         Args:
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row.
         """
-        if batch_size < 1 or num_levels < 1:
-            raise ValueError(f"batch_size and num_levels must be >= 1, got {batch_size} and {num_levels}.")
-        z = randn_tensor((batch_size, num_levels), generator=generator, device=device, dtype=dtype)
-        levels = torch.arange(num_levels, device=z.device, dtype=dtype)
-        mean = torch.full((batch_size, 1), float(self.config.p_mean), device=z.device, dtype=dtype)
-        std = torch.full_like(mean, float(self.config.p_std))
-        fraction = self.config.high_noise_fraction
-        if fraction > 0:  # drawn only then, so that the single log-normal's random stream is unchanged
-            u = randn_tensor((batch_size, 1), generator=generator, device=device, dtype=dtype)
-            high = torch.special.ndtr(u) < fraction  # a uniform draw through the normal CDF, per-row generators
-            mean = torch.where(high, float(self.config.high_noise_p_mean), mean)
-            std = torch.where(high, float(self.config.high_noise_p_std), std)
-        mean, std = mean.expand(-1, num_levels), std.expand(-1, num_levels)
-        fraction = self.config.clean_context_fraction
-        if fraction > 0 and num_levels > 1:  # drawn only then: the streams above stay unchanged
-            u = randn_tensor((batch_size, 2), generator=generator, device=device, dtype=dtype)
-            p = torch.special.ndtr(u)  # two uniform draws per row: clean or not, and the cut level
-            cut = (1 + (p[:, 1:] * (num_levels - 1)).long()).clamp(max=num_levels - 1)
-            cut = torch.where(p[:, :1] < fraction, cut, 0)  # 0: no clean level
-            clean = levels < cut  # (B, L)
-            mean = torch.where(clean, float(self.config.clean_context_p_mean), mean)
-            std = torch.where(clean, float(self.config.clean_context_p_std), std)
-        return (mean + levels * math.log(self.noise_shift) + std * z).exp()
+        c = self.config
+        return draw_training_sigmas(
+            batch_size,
+            num_levels,
+            math.log(self.noise_shift),
+            (c.p_mean, c.p_std),
+            (c.high_noise_fraction, c.high_noise_p_mean, c.high_noise_p_std),
+            (c.clean_context_fraction, c.clean_context_p_mean, c.clean_context_p_std),
+            generator=generator,
+            device=device,
+            dtype=dtype,
+        )
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, sigmas: Sigma) -> torch.Tensor:
         """`x0 + sigma * eps`; `sigmas` (not timesteps) is a float, `(B,)` or `(B, L)` for `(B, [L,] C, F, H, W)`."""
