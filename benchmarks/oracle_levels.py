@@ -4,9 +4,9 @@ samples replaced by the real clips of the same prompts (rendered in memory, area
 For every ``K`` in ``--oracle-levels`` (default ``0 1 2``; ``0`` is the model alone) the pipeline samples each
 level as usual, and at the end of level ``k < K`` a ``callback_on_step_end`` swaps the canvas for the real clip at
 that size, so levels ``K..`` start from a perfect coarse video and see it through context fusion exactly as they see
-their own. What moves between ``K = 0`` and ``K = 1`` is level 0's doing: the prompt following it did not get right,
-and the token-grid edges the finer levels copy into the seam score. The real clips' own seam score and border
-energy profile are the floor of those metrics on this domain.
+their own. What moves between ``K = 0`` and ``K = 1`` is level 0's doing; what does not (the bundled model's seam
+score, most of its shapes) is the finer levels'. The real clips' own accuracy, seam score and border energy profile
+are the ceiling and the floor of those metrics on this domain.
 
     .venv/bin/python benchmarks/oracle_levels.py                          # 32 videos, K = 0 1 2, ~25 min on 2 cores
     .venv/bin/python benchmarks/oracle_levels.py --num-videos 8 --oracle-levels 0 1   # ~4 min

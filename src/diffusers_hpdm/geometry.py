@@ -234,8 +234,7 @@ def axis_offsets(canvas: int, patch: int, overlap: bool, shift: int = 0) -> list
     stride = axis_stride(patch, overlap)
     if not 0 <= shift < stride:
         raise ValueError(f"A window shift must lie in [0, stride={stride}), got {shift}.")
-    offsets = sorted({0, *range(shift, canvas - patch + 1, stride), canvas - patch})
-    return offsets
+    return sorted({0, *range(shift, canvas - patch + 1, stride), canvas - patch})
 
 
 @dataclass(frozen=True)

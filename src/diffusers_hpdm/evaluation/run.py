@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..data.synthetic import BACKGROUNDS, SPEEDS, caption, heldout_prompts, parse_prompt, render_video
-from ..geometry import AXES
+from ..geometry import AXES, axis_stride
 from .metrics import (
     border_energy_profile,
     level_consistency,
@@ -66,7 +66,8 @@ def evaluate_pipeline(
         ``None`` for a level sampled as one tile) and where that energy sits (``border_energy_profile``), PSNR of
         each level against the next finer one downsampled, and the mean temporal flicker; under ``real_clips`` the
         same prompt following, seam score and profile of the domain's own clips of the same prompts (the
-        detector's ceiling and the seam metrics' floor: the clips have sharp edges wherever the shapes are). ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``).
+        detector's ceiling and the seam metrics' floor: the clips have sharp edges wherever the shapes are).
+        ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``).
     """
     prompts = prompts or evaluation_prompts(num_videos)
     levels: list[list[np.ndarray]] | None = None
@@ -98,8 +99,8 @@ def evaluate_pipeline(
         if h <= ph and w <= pw:
             return None
         borders = (
-            tile_edges(h, ph, ph // 2 if "h" in overlap_axes else ph),
-            tile_edges(w, pw, pw // 2 if "w" in overlap_axes else pw),
+            tile_edges(h, ph, axis_stride(ph, "h" in overlap_axes)),
+            tile_edges(w, pw, axis_stride(pw, "w" in overlap_axes)),
         )
         return float(np.mean([seam_score(v, borders) for v in videos]))
 

@@ -64,8 +64,8 @@ class TiledCanvas:
 
     @classmethod
     def shifted_pair(cls, canvas, patch_size, overlap_axes=AXES, blending="uniform") -> list[TiledCanvas]:
-        """The plan, and the plan moved by half a stride on every axis with more than one window: two window grids
-        whose borders never coincide (on a single-window canvas, the plan alone)."""
+        """The plan, and the plan moved by half a stride on every axis with more than one window (on a single-window
+        canvas, the plan alone). The windows snapped to the canvas edges are in both, so their borders stay."""
         base = cls(canvas, patch_size, overlap_axes, blending)
         shift = [
             axis_stride(r, a in overlap_axes) // 2 if c > r else 0
