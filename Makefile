@@ -1,23 +1,35 @@
-# Every target creates/uses .venv and installs with torch pinned to the local CPU build (constraints.txt).
+# Every target creates/uses .venv and installs exactly requirements.lock (torch pinned to the local CPU build).
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
+LOCK := requirements.lock
+PIP_COMPILE := .venv-lock/bin/pip-compile
 
-.PHONY: install test test-slow lint demo train-demo evaluate-demo bench clean
+.PHONY: install lock test test-matrix test-slow lint demo train-demo evaluate-demo bench clean
 
 DEMO_MODEL := models/hpdm-shapes-demo
 DEMO_PROMPT := a red circle moving right slowly on a gray background
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py $(LOCK)
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Re-resolve every transitive dependency of .[dev] to the newest versions setup.py allows (torch from constraints.txt).
+# pip-tools lives in its own venv so that .venv holds exactly the lock.
+lock:
+	test -x $(PIP_COMPILE) || (python3 -m venv .venv-lock && .venv-lock/bin/pip install -q "pip-tools==7.6.2")
+	$(PIP_COMPILE) --quiet --upgrade --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --no-emit-trusted-host --constraint constraints.txt --output-file $(LOCK) setup.py
+
 test: $(STAMP)
 	$(PY) -m pytest -q -x tests
+
+# The fast suite under every ATen CPU kernel set this CPU has (default, avx2, avx512) x 1 and 2 threads.
+test-matrix: $(STAMP)
+	$(PY) tests/cpu_matrix.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
@@ -45,4 +57,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_scale.py
 
 clean:
-	rm -rf .venv build *.egg-info src/*.egg-info
+	rm -rf .venv .venv-lock build *.egg-info src/*.egg-info

@@ -10,22 +10,27 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     python_requires=">=3.10",
+    # Lower bounds: what the code needs. Upper bounds only where it reaches into a library's private internals.
+    # The exact versions CI and `make install` use are in requirements.lock (`make lock` refreshes it).
     install_requires=[
-        "torch>=2.4",
-        "diffusers>=0.35",
-        "transformers>=4.46",
-        "accelerate>=1.0",
-        "safetensors",
-        "huggingface-hub",
-        "datasets",
-        "imageio",
-        "imageio-ffmpeg",
-        "av",
-        "pytorch_optimizer",
-        "einops",
-        "sentencepiece",
-        "numpy",
+        "torch>=2.6",  # FSDP2 `fully_shard` as a public API
+        "diffusers>=0.35",  # ModelMixin.compile_repeated_blocks
+        "transformers>=5",  # the bundled tokenizer is saved as transformers 5's TokenizersBackend
+        "tokenizers>=0.21",  # text.py builds the demo tokenizer with it directly
+        # training/fsdp_cpu.py patches AcceleratorState.__init__ as read in 1.15; 1.6 added FSDP2 (`fsdp_version: 2`)
+        "accelerate>=1.6,<1.16",
+        "safetensors>=0.4",
+        "huggingface-hub>=0.34",
+        "datasets>=3",
+        "imageio>=2.31",  # imageio.v3 with the FFMPEG plugin: writes mp4 here and in diffusers' export_to_video
+        "imageio-ffmpeg>=0.5",  # the ffmpeg binary export_to_video and our mp4 writer use
+        "av>=12",  # reads videos in-process (seekable); the FFMPEG route spawns a process per file
+        "pytorch_optimizer>=4.1,<4.2",  # training/lamb.py subclasses Lamb's internals (state layout, clamp) of 4.1
+        "einops>=0.7",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tqdm>=4.66",
     ],
-    extras_require={"dev": ["pytest", "ruff", "hypothesis"]},
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "pyyaml>=6"]},
     entry_points={"console_scripts": ["hpdm=diffusers_hpdm.cli:main"]},
 )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from diffusers_hpdm.hardware import cpu_has_native_bf16
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -138,6 +140,8 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "cpus": len(os.sched_getaffinity(0)),
         "cpu": _cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ATen kernel set in use
+        "native_bf16": cpu_has_native_bf16(),  # AVX512-BF16 or AMX; without them bf16 is emulated
         "loadavg_at_start": os.getloadavg()[0],
     }
 

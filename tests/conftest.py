@@ -1,10 +1,15 @@
+import os
+
 import pytest
 import torch
+
+# Intra-op threads for every test; `make test-matrix` (tests/cpu_matrix.py) runs the suite with 1 and 2.
+TEST_THREADS = int(os.environ.get("HPDM_TEST_THREADS", "2"))
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     yield
 
 
