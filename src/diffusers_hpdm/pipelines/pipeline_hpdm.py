@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
@@ -16,6 +15,7 @@ from ..models import HPDMTransformer, LevelContext
 from ..schedulers import HPDMScheduler
 from .inputs import check_inputs
 from .pipeline_output import HPDMPipelineOutput
+from .tiled_denoiser import Streams, TiledDenoiser
 from .tiling import TiledCanvas
 
 EXAMPLE_DOC_STRING = """
@@ -31,26 +31,6 @@ EXAMPLE_DOC_STRING = """
         >>> export_to_video(list(out.frames[0]), "circle.mp4", fps=8)
         ```
 """
-
-
-@dataclass
-class _Streams:
-    """Everything per transformer "stream": each video once, and once more unconditioned under CFG."""
-
-    video: torch.Tensor  # (S,) index of the video a stream belongs to
-    embeds: torch.Tensor | None  # (S, L_txt, E)
-    mask: torch.Tensor | None  # (S, L_txt)
-    labels: torch.Tensor | None  # (S,)
-    drop: torch.Tensor  # (S,) bool: use the learned null conditioning
-
-    def take(self, idx: torch.Tensor) -> dict:
-        kw = {"drop_conditioning": self.drop[idx]}
-        if self.embeds is not None:
-            kw["encoder_hidden_states"] = self.embeds[idx]
-            kw["encoder_attention_mask"] = self.mask[idx] if self.mask is not None else None
-        if self.labels is not None:
-            kw["class_labels"] = self.labels[idx]
-        return kw
 
 
 class HierarchicalPatchPipeline(DiffusionPipeline):
@@ -150,116 +130,8 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             rep(negative_prompt_attention_mask),
         )
 
-    def _streams(self, embeds, mask, neg_embeds, neg_mask, labels, num_videos, device) -> _Streams:
-        videos = torch.arange(num_videos, device=device)
-        drop = torch.zeros(num_videos, dtype=torch.bool, device=device)
-        streams = _Streams(videos, embeds, mask, labels, drop)
-        if not self.do_classifier_free_guidance:
-            return streams
-        uncond_drop = torch.full_like(drop, neg_embeds is None)
-        cat = lambda a, b: None if a is None else torch.cat([a, a if b is None else b])  # noqa: E731
-        if embeds is not None and neg_embeds is not None and neg_embeds.shape[1] != embeds.shape[1]:
-            raise ValueError("`negative_prompt_embeds` must have the same sequence length as `prompt_embeds`.")
-        return _Streams(
-            torch.cat([videos, videos]),
-            cat(embeds, neg_embeds),
-            cat(mask, neg_mask),
-            cat(labels, None),
-            torch.cat([drop, uncond_drop]),
-        )
-
     def prepare_latents(self, shape, sigma, dtype, device, generator) -> torch.Tensor:
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype) * sigma
-
-    # ----------------------------------------------------------------------------------------------------------
-
-    def _denoise_canvas(self, canvas, sigma, level, tiler, streams, chain, context, ctx_inputs, tile_batch_size):
-        """Fused denoised estimate ``(B, C, F, H, W)`` of the whole canvas at ``sigma``: every tile, batched."""
-        B, n_tiles, S = canvas.shape[0], len(tiler), len(streams.video)
-        c_skip, c_out, c_in, c_noise = (
-            torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma)
-        )
-        acc = tiler.new_accumulator(canvas)
-        boxes = tiler.boxes().to(canvas.device)
-        items = [(v, j) for v in range(B) for j in range(n_tiles)]
-        for start in range(0, len(items), tile_batch_size):
-            batch = items[start : start + tile_batch_size]
-            vids, tiles = [v for v, _ in batch], [j for _, j in batch]
-            x = tiler.extract(canvas, vids, tiles)  # (n, C, f, h, w)
-            # Every stream of these videos: conditional first, then unconditional (CFG) in one call.
-            stream_ids = torch.tensor(vids)  # stream v is video v's conditional pass, stream B + v its CFG pass
-            if S > B:
-                stream_ids = torch.cat([stream_ids, stream_ids + B])
-            reps = len(stream_ids) // len(batch)
-            tile_ids = torch.tensor(tiles * reps)
-            x_in = (c_in * x).repeat(reps, 1, 1, 1, 1).to(self.transformer.dtype)
-            t = c_noise.expand(len(tile_ids)).to(canvas.device)
-            kw = streams.take(stream_ids)
-            if context is None and level > 0:  # reference path: recompute the coarse chain at every step
-                out = self._joint_chain(x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw)
-            else:
-                idx = None
-                if level > 0:
-                    idx = [chain[k][tile_ids] + stream_ids * context[k].boxes.shape[0] // S for k in range(level)]
-                out = self.transformer(
-                    x_in, t, boxes[tile_ids], level=level, context=context, context_indices=idx, **kw
-                ).sample
-            denoised = c_skip * x.repeat(reps, 1, 1, 1, 1) + c_out * out.to(x.dtype)
-            if reps == 2:
-                d_cond, d_uncond = denoised.chunk(2)
-                denoised = d_uncond + self._level_guidance(level) * (d_cond - d_uncond)
-            tiler.accumulate(acc, denoised, vids, tiles)
-        return tiler.normalize(acc)
-
-    def _joint_chain(self, x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw):
-        """``cache_context=False``: the joint forward on (coarse chain ..., tile), recomputing the coarse levels."""
-        xs, ts, bs = [], [], []
-        for k in range(level):
-            sel = chain[k][tile_ids]
-            inputs, sig_t, kboxes = ctx_inputs[k]
-            xs.append(inputs[stream_ids, sel])
-            ts.append(sig_t.expand(len(sel)))
-            bs.append(kboxes[sel])
-        xs.append(x_in), ts.append(t), bs.append(boxes[tile_ids])
-        out = self.transformer(torch.stack(xs, 1), torch.stack(ts, 1), torch.stack(bs, 1), **kw).sample
-        return out[:, -1]
-
-    def _context_inputs(self, canvas, level, tiler, streams, context_sigma, generator):
-        """Re-noise the finished canvas to this level's context sigma (the fine levels were trained on noisy coarse
-        context) -> scaled tile inputs ``(S, n_tiles, C, f, h, w)``, their ``c_noise`` and the tile boxes."""
-        B, n_tiles = canvas.shape[0], len(tiler)
-        sigma = context_sigma * self.scheduler.noise_shift**level
-        noisy = canvas + sigma * randn_tensor(
-            canvas.shape, generator=generator, device=canvas.device, dtype=canvas.dtype
-        )
-        _, _, c_in, c_noise = (torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma))
-        all_tiles = c_in * torch.stack([tiler.extract(noisy, [v] * n_tiles, range(n_tiles)) for v in range(B)])
-        inputs = all_tiles[streams.video].to(self.transformer.dtype)
-        return inputs, c_noise.to(canvas.device), tiler.boxes().to(canvas.device)
-
-    def _context_pass(self, ctx_inputs, level, streams, chain, context, tile_batch_size) -> LevelContext:
-        """Record the context of every tile of a finished level for every stream (tiles ordered stream-major)."""
-        inputs, c_noise, boxes = ctx_inputs
-        S, n_tiles = inputs.shape[:2]
-        parts = []
-        items = [(s, j) for s in range(S) for j in range(n_tiles)]
-        for start in range(0, len(items), tile_batch_size):
-            batch = items[start : start + tile_batch_size]
-            s_ids = torch.tensor([s for s, _ in batch])
-            j_ids = torch.tensor([j for _, j in batch])
-            idx = [chain[k][j_ids] + s_ids * context[k].boxes.shape[0] // S for k in range(level)] if level else None
-            parts.append(
-                self.transformer.compute_context(
-                    inputs[s_ids, j_ids],
-                    c_noise.expand(len(batch)),
-                    boxes[j_ids],
-                    level=level,
-                    context=context,
-                    context_indices=idx,
-                    **streams.take(s_ids),
-                )  # fmt: skip
-            )
-        return LevelContext.concat(parts)
 
     # ----------------------------------------------------------------------------------------------------------
 
@@ -351,7 +223,10 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             neg_embeds = None if neg_embeds is None else neg_embeds.to(device, tm.dtype)
         if class_labels is not None:
             labels = class_labels.to(device).repeat_interleave(num_videos_per_prompt)
-        streams = self._streams(embeds, mask, neg_embeds, neg_mask, labels, num_videos, device)
+        streams = Streams.build(
+            embeds, mask, neg_embeds, neg_mask, labels, num_videos, device, self.do_classifier_free_guidance
+        )
+        denoiser = TiledDenoiser(tm, self.scheduler, streams, tile_batch_size)
 
         # 3. Levels, coarse to fine
         sizes = tm.level_sizes
@@ -386,9 +261,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                     latents = self.scheduler.churn(latents, generator=generator)
                     sigma = self.scheduler.current_sigma
                     plan = i % len(tilers)
-                    denoised = self._denoise_canvas(
-                        latents, sigma, level, tilers[plan], streams, chains[plan],
-                        context if reuse_context else None, ctx_inputs, tile_batch_size,
+                    denoised = denoiser.denoise_canvas(
+                        latents, sigma, level, tilers[plan], chains[plan], context if reuse_context else None,
+                        ctx_inputs, self._level_guidance(level),
                     )  # fmt: skip
                     latents = self.scheduler.step(None, t, latents, denoised=denoised).prev_sample
                     if callback_on_step_end is not None:
@@ -404,11 +279,11 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
 
             # 5. Context pass over the finished level for the finer ones
             if level < last_level and cfg.context_fusion != "none":
-                inputs = self._context_inputs(latents, level, tiler, streams, context_sigma, generator)
+                inputs = denoiser.context_inputs(latents, level, tiler, context_sigma, generator)
                 # Only the uncached path re-reads the re-noised inputs at every finer step; the cache replaces them.
                 ctx_inputs.append(None if cache_context else inputs)
                 if cache_context:
-                    ctx = self._context_pass(inputs, level, streams, chains[0], context, tile_batch_size)
+                    ctx = denoiser.context_pass(inputs, level, chains[0], context)
                     context.append(ctx.to("cpu") if offload_context else ctx)
 
         # 6. Post-process

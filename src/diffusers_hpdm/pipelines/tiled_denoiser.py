@@ -1,0 +1,191 @@
+"""The transformer side of tiled sampling (paper §4.4, DESIGN §6): one level's tiles denoised in batches and fused
+into one canvas estimate, and the context pass that caches a finished level for the finer ones.
+
+``HierarchicalPatchPipeline`` owns the loop over levels and steps; a ``TiledDenoiser`` owns what one call needs
+for every transformer evaluation: the conditioning of each stream and the tile batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models import HPDMTransformer, LevelContext
+from ..schedulers import HPDMScheduler
+from .tiling import TiledCanvas
+
+
+@dataclass
+class Streams:
+    """Everything per transformer "stream": each video once, and once more unconditioned under CFG."""
+
+    video: torch.Tensor  # (S,) index of the video a stream belongs to
+    embeds: torch.Tensor | None  # (S, L_txt, E)
+    mask: torch.Tensor | None  # (S, L_txt)
+    labels: torch.Tensor | None  # (S,)
+    drop: torch.Tensor  # (S,) bool: use the learned null conditioning
+
+    @classmethod
+    def build(cls, embeds, mask, neg_embeds, neg_mask, labels, num_videos, device, guided: bool) -> Streams:
+        """Streams ``0..B-1``: each video conditioned; under guidance (``guided``) streams ``B..2B-1``: the same
+        videos with the negative prompt, or the learned null conditioning when there is none."""
+        videos = torch.arange(num_videos, device=device)
+        drop = torch.zeros(num_videos, dtype=torch.bool, device=device)
+        if not guided:
+            return cls(videos, embeds, mask, labels, drop)
+        uncond_drop = torch.full_like(drop, neg_embeds is None)
+        cat = lambda a, b: None if a is None else torch.cat([a, a if b is None else b])  # noqa: E731
+        if embeds is not None and neg_embeds is not None and neg_embeds.shape[1] != embeds.shape[1]:
+            raise ValueError("`negative_prompt_embeds` must have the same sequence length as `prompt_embeds`.")
+        return cls(
+            torch.cat([videos, videos]),
+            cat(embeds, neg_embeds),
+            cat(mask, neg_mask),
+            cat(labels, None),
+            torch.cat([drop, uncond_drop]),
+        )
+
+    def take(self, idx: torch.Tensor) -> dict:
+        kw = {"drop_conditioning": self.drop[idx]}
+        if self.embeds is not None:
+            kw["encoder_hidden_states"] = self.embeds[idx]
+            kw["encoder_attention_mask"] = self.mask[idx] if self.mask is not None else None
+        if self.labels is not None:
+            kw["class_labels"] = self.labels[idx]
+        return kw
+
+
+class TiledDenoiser:
+    """Transformer evaluations on the tiles of one level, ``tile_batch_size`` (video, tile) pairs per call, every
+    stream of those videos (conditional first, then unconditional) in the same call.
+
+    Args:
+        transformer: the ``HPDMTransformer``.
+        scheduler: the ``HPDMScheduler`` (its preconditioning turns model outputs into denoised estimates).
+        streams: the conditioning of every stream (``Streams.build``).
+        tile_batch_size: (video, tile) pairs per transformer call; results do not depend on it.
+    """
+
+    def __init__(self, transformer: HPDMTransformer, scheduler: HPDMScheduler, streams: Streams, tile_batch_size: int):
+        self.transformer, self.scheduler, self.streams = transformer, scheduler, streams
+        self.tile_batch_size = tile_batch_size
+
+    def denoise_canvas(
+        self,
+        canvas: torch.Tensor,
+        sigma: float,
+        level: int,
+        tiler: TiledCanvas,
+        chain: list[torch.Tensor],
+        context: list[LevelContext] | None,
+        ctx_inputs: list,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Fused denoised estimate ``(B, C, F, H, W)`` of the whole canvas ``(B, C, F, H, W)`` at ``sigma``.
+
+        Args:
+            chain: per coarser level ``k``, ``(n_tiles,)`` index of the cached tile each tile reads its context from.
+            context: the cache of every coarser level, or ``None`` to recompute the coarse chain (reference path).
+            ctx_inputs: per coarser level, ``context_inputs``' output (read only when ``context`` is ``None``).
+            guidance_scale: this level's classifier-free guidance scale (used when there are unconditional streams).
+        """
+        streams, tm = self.streams, self.transformer
+        B, n_tiles, S = canvas.shape[0], len(tiler), len(streams.video)
+        c_skip, c_out, c_in, c_noise = (
+            torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma)
+        )
+        acc = tiler.new_accumulator(canvas)
+        boxes = tiler.boxes().to(canvas.device)
+        items = [(v, j) for v in range(B) for j in range(n_tiles)]
+        for start in range(0, len(items), self.tile_batch_size):
+            batch = items[start : start + self.tile_batch_size]
+            vids, tiles = [v for v, _ in batch], [j for _, j in batch]
+            x = tiler.extract(canvas, vids, tiles)  # (n, C, f, h, w)
+            # Every stream of these videos: conditional first, then unconditional (CFG) in one call.
+            stream_ids = torch.tensor(vids)  # stream v is video v's conditional pass, stream B + v its CFG pass
+            if S > B:
+                stream_ids = torch.cat([stream_ids, stream_ids + B])
+            reps = len(stream_ids) // len(batch)
+            tile_ids = torch.tensor(tiles * reps)
+            x_in = (c_in * x).repeat(reps, 1, 1, 1, 1).to(tm.dtype)  # (reps * n, C, f, h, w)
+            t = c_noise.expand(len(tile_ids)).to(canvas.device)
+            kw = streams.take(stream_ids)
+            if context is None and level > 0:  # reference path: recompute the coarse chain at every step
+                out = self._joint_chain(x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw)
+            else:
+                idx = None
+                if level > 0:
+                    idx = [chain[k][tile_ids] + stream_ids * context[k].boxes.shape[0] // S for k in range(level)]
+                out = tm(x_in, t, boxes[tile_ids], level=level, context=context, context_indices=idx, **kw).sample
+            denoised = c_skip * x.repeat(reps, 1, 1, 1, 1) + c_out * out.to(x.dtype)
+            if reps == 2:
+                d_cond, d_uncond = denoised.chunk(2)
+                denoised = d_uncond + guidance_scale * (d_cond - d_uncond)
+            tiler.accumulate(acc, denoised, vids, tiles)
+        return tiler.normalize(acc)
+
+    def _joint_chain(self, x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw):
+        """``cache_context=False``: the joint forward on (coarse chain ..., tile), recomputing the coarse levels."""
+        xs, ts, bs = [], [], []
+        for k in range(level):
+            sel = chain[k][tile_ids]
+            inputs, sig_t, kboxes = ctx_inputs[k]
+            xs.append(inputs[stream_ids, sel])
+            ts.append(sig_t.expand(len(sel)))
+            bs.append(kboxes[sel])
+        xs.append(x_in), ts.append(t), bs.append(boxes[tile_ids])
+        out = self.transformer(torch.stack(xs, 1), torch.stack(ts, 1), torch.stack(bs, 1), **kw).sample
+        return out[:, -1]
+
+    def context_inputs(
+        self,
+        canvas: torch.Tensor,
+        level: int,
+        tiler: TiledCanvas,
+        context_sigma: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Re-noise the finished canvas ``(B, C, F, H, W)`` to this level's context sigma (the fine levels were
+        trained on noisy coarse context; one ``randn`` of the canvas' shape from ``generator``).
+
+        Returns:
+            scaled tile inputs ``(S, n_tiles, C, f, h, w)``, their ``c_noise`` (scalar) and the tile boxes
+            ``(n_tiles, 6)``.
+        """
+        B, n_tiles = canvas.shape[0], len(tiler)
+        sigma = context_sigma * self.scheduler.noise_shift**level
+        noisy = canvas + sigma * randn_tensor(
+            canvas.shape, generator=generator, device=canvas.device, dtype=canvas.dtype
+        )
+        _, _, c_in, c_noise = (torch.as_tensor(v, dtype=canvas.dtype) for v in self.scheduler.precondition(sigma))
+        all_tiles = c_in * torch.stack([tiler.extract(noisy, [v] * n_tiles, range(n_tiles)) for v in range(B)])
+        inputs = all_tiles[self.streams.video].to(self.transformer.dtype)
+        return inputs, c_noise.to(canvas.device), tiler.boxes().to(canvas.device)
+
+    def context_pass(
+        self, ctx_inputs: tuple, level: int, chain: list[torch.Tensor], context: list[LevelContext]
+    ) -> LevelContext:
+        """Record the context of every tile of a finished level for every stream (tiles ordered stream-major)."""
+        inputs, c_noise, boxes = ctx_inputs
+        S, n_tiles = inputs.shape[:2]
+        parts = []
+        items = [(s, j) for s in range(S) for j in range(n_tiles)]
+        for start in range(0, len(items), self.tile_batch_size):
+            batch = items[start : start + self.tile_batch_size]
+            s_ids = torch.tensor([s for s, _ in batch])
+            j_ids = torch.tensor([j for _, j in batch])
+            idx = [chain[k][j_ids] + s_ids * context[k].boxes.shape[0] // S for k in range(level)] if level else None
+            parts.append(
+                self.transformer.compute_context(
+                    inputs[s_ids, j_ids],
+                    c_noise.expand(len(batch)),
+                    boxes[j_ids],
+                    level=level,
+                    context=context,
+                    context_indices=idx,
+                    **self.streams.take(s_ids),
+                )  # fmt: skip
+            )
+        return LevelContext.concat(parts)
