@@ -1,9 +1,9 @@
 """Property tests of the patch-pyramid geometry (DESIGN.md §2 and §6, `diffusers_hpdm.geometry`).
 
-Every test states a property that a wrong implementation breaks: level sizes, nesting and integer alignment of
-training boxes, relative-box round trips, the pixel convention of patch extraction (slices, area downsampling,
-trilinear reads at voxel centres), window coverage of tile plans, containment of fine tiles in coarse tiles, and
-token-centre coordinates.
+Every test states a property that a wrong implementation breaks: level sizes, nesting, integer alignment and
+coverage of training boxes, relative-box round trips, the pixel convention of patch extraction (slices, area
+downsampling, trilinear reads at voxel centres), window coverage of tile plans, containment of fine tiles in coarse
+tiles, and token-centre coordinates.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def test_sample_nested_boxes_reaches_every_integer_position(r, g):
 
 
 def test_sample_nested_boxes_continuous_levels_fill_parent():
-    """In "finest" mode the intermediate levels are uniform inside the parent (not on a grid, reaching both ends)."""
+    """In "finest" mode the intermediate levels are continuous (not on a grid), reach both ends and are symmetric."""
     r, g = (4, 4, 4), (2, 2, 2)
     boxes = G.sample_nested_boxes(4000, r, 3, g, torch.Generator().manual_seed(0))
     mid = boxes[:, 1, :3].double() * 8  # level 1 canvas is 8: admissible offsets [0, 4]
@@ -207,6 +207,82 @@ def test_sample_nested_boxes_continuous_levels_fill_parent():
 def test_sample_nested_boxes_rejects_bad_mode():
     with pytest.raises(ValueError, match="integer_levels"):
         G.sample_nested_boxes(2, (4, 4, 4), 2, integer_levels="some")
+
+
+# Coverage of every level's canvas (DESIGN §8). Per growing axis, `sample_nested_boxes`' docstring derives
+# max / min <= 2 at the finest level and <= 3 at the coarser ones (min / interior >= 1/2 everywhere); an axis that
+# does not grow is always covered. Axes are drawn from separate uniforms, so 3-D coverage is the product of the
+# per-axis ones (checked below) and the per-axis test is the whole property.
+FINEST_FACTOR, COARSER_FACTOR = 2.0, 3.0
+COVERAGE_DRAWS = 20_000
+# Binomial noise: a frequency p estimated from N draws has sd sqrt(p (1 - p) / N) (<= 0.0035 at N = 20k). A bound
+# a <= F b between two estimates is allowed 5 (sd_a + F sd_b) of slack (sd of a - F b under any correlation); over
+# the ~1000 voxel comparisons below a 5-sigma excursion has probability ~1e-3 for a fresh seed (the seed is fixed).
+COVERAGE_SIGMAS = 5.0
+
+
+def _axis_coverage(offsets_px: torch.Tensor, canvas: int, patch: int) -> torch.Tensor:
+    """``(N, canvas)``: whether each voxel centre lies in each box ``[o, o + patch]`` (offsets in pixels)."""
+    centres = torch.arange(canvas, dtype=torch.float64) + 0.5
+    o = offsets_px.double()[:, None]
+    return (o <= centres) & (centres <= o + patch)
+
+
+def _frequency_sd(p: torch.Tensor, n: int) -> torch.Tensor:
+    return (p * (1 - p) / n).sqrt()
+
+
+def _assert_within_factor(freq: torch.Tensor, factor: float, n: int, what: str) -> None:
+    """``max <= factor * min`` and ``min >= centre / factor`` up to binomial noise (``freq``: a 1-D or 3-D canvas)."""
+    centre = freq[tuple(s // 2 for s in freq.shape)]
+    freq = freq.flatten()
+    sd = _frequency_sd(freq, n)
+    lo, hi, sd_centre = freq.argmin(), freq.argmax(), _frequency_sd(centre, n)
+    slack = COVERAGE_SIGMAS * (sd[hi] + factor * sd[lo])
+    assert freq[hi] <= factor * freq[lo] + slack, f"{what}: max {freq[hi]:.4f} > {factor} x min {freq[lo]:.4f}"
+    slack = COVERAGE_SIGMAS * (sd[lo] + sd_centre / factor)
+    assert freq[lo] >= centre / factor - slack, f"{what}: min {freq[lo]:.4f} < centre {centre:.4f} / {factor}"
+
+
+@pytest.mark.parametrize(
+    "r, num_levels, g, mode",
+    [
+        ((3, 5, 8), 2, (2, 2, 2), "finest"),  # two levels, non-square patch
+        ((3, 5, 8), 2, (2, 2, 2), "all"),
+        ((2, 4, 6), 3, (2, 2, 2), "finest"),  # continuous intermediate level
+        ((2, 4, 6), 3, (2, 2, 2), "all"),
+        ((4, 6, 8), 3, (1, 2, 2), "finest"),  # frames do not grow
+        ((1, 3, 16), 4, (2, 1, 2), "all"),  # four levels, rows do not grow, patch length 1
+    ],
+)
+def test_sample_nested_boxes_cover_every_voxel_of_every_level(r, num_levels, g, mode):
+    """Each level's first and last frame, row and column are inside that level's training box within a factor of
+    the centre's frequency (inference tiles every level up to its edges)."""
+    boxes = G.sample_nested_boxes(COVERAGE_DRAWS, r, num_levels, g, torch.Generator().manual_seed(0), mode)
+    for lvl, canvas in enumerate(G.level_sizes(r, num_levels, g)[1:], start=1):
+        factor = FINEST_FACTOR if lvl == num_levels - 1 else COARSER_FACTOR
+        for a in range(3):
+            freq = _axis_coverage(boxes[:, lvl, a] * canvas[a], canvas[a], r[a]).double().mean(0)  # (R,)
+            if g[a] == 1:
+                assert (freq == 1).all()
+            else:
+                _assert_within_factor(freq, factor, COVERAGE_DRAWS, f"level {lvl} axis {G.AXES[a]}")
+
+
+def test_sample_nested_boxes_coverage_factorises_over_axes():
+    """3-D coverage frequency is the product of the per-axis ones, so the 3-D bound is the per-axis factor cubed."""
+    r, num_levels, g, n = (2, 3, 2), 3, (2, 2, 2), COVERAGE_DRAWS
+    boxes = G.sample_nested_boxes(n, r, num_levels, g, torch.Generator().manual_seed(1))
+    for lvl, canvas in enumerate(G.level_sizes(r, num_levels, g)[1:], start=1):
+        masks = [_axis_coverage(boxes[:, lvl, a] * canvas[a], canvas[a], r[a]).double() for a in range(3)]
+        joint = torch.einsum("nf,nh,nw->fhw", *masks) / n  # (F, H, W)
+        per_axis = [m.mean(0) for m in masks]
+        product = torch.einsum("f,h,w->fhw", *per_axis)
+        # sd of the joint estimate plus (delta method) sum over axes of sd_a x the other two frequencies (<= 1)
+        sd = _frequency_sd(joint, n) + sum(_frequency_sd(p, n).max() for p in per_axis)
+        assert ((joint - product).abs() <= COVERAGE_SIGMAS * sd).all()
+        factor = (FINEST_FACTOR if lvl == num_levels - 1 else COARSER_FACTOR) ** 3
+        _assert_within_factor(joint, factor, n, f"level {lvl} (3-D)")
 
 
 # ------------------------------------------------------------------------------------------------------------

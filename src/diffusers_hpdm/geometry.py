@@ -84,6 +84,50 @@ def box_contains(outer: torch.Tensor, inner: torch.Tensor, eps: float = 1e-6) ->
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _finest_offsets(u: torch.Tensor, canvas: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Integer offsets of windows drawn uniformly among the ``R + r - 1`` windows that overlap the canvas (at least one
+    voxel inside), then shifted into the canvas.
+
+    Args:
+        u: ``(B, 3)`` uniforms in ``[0, 1)``.
+        canvas, r: ``(3,)`` canvas length ``R`` and patch length ``r``, in pixels.
+    Returns:
+        ``(B, 3)`` float64 pixel offsets in ``[0, R - r]``.
+    """
+    count = canvas + r - 1  # virtual offsets -(r - 1) .. R - 1
+    virtual = torch.minimum(torch.floor(u * count), count - 1) - (r - 1)  # (B, 3)
+    return torch.minimum(virtual.clamp(min=0.0), canvas - r)
+
+
+def _containing_offsets(
+    child: torch.Tensor,
+    child_size: torch.Tensor,
+    size: torch.Tensor,
+    u: torch.Tensor,
+    canvas: torch.Tensor | None,
+) -> torch.Tensor:
+    """Offsets of boxes of ``size`` that contain the ``child`` boxes: uniform among all such positions as if the
+    canvas had no edges (continuous, or on the integer grid of ``canvas``), then shifted into ``[0, 1 - size]``.
+
+    Shifting keeps the child inside: a box sticking out on the left moves right to offset 0, still at or left of the
+    child's offset, and its right end moves right too (symmetrically on the right).
+    Args:
+        child: ``(B, 3)`` normalized offsets of boxes that lie inside ``[0, 1]``.
+        child_size, size: ``(3,)`` normalized box sizes, ``size >= child_size``.
+        u: ``(B, 3)`` uniforms in ``[0, 1)``.
+        canvas: ``(3,)`` canvas of this level in pixels, or ``None`` for continuous offsets.
+    Returns:
+        ``(B, 3)`` float64 normalized offsets.
+    """
+    lo, hi = child + child_size - size, child  # (B, 3): the offsets whose box contains the child
+    if canvas is None:
+        return torch.minimum((lo + u * (hi - lo)).clamp(min=0.0), 1.0 - size)
+    lo_px, hi_px = torch.ceil(lo * canvas - 1e-9), torch.floor(hi * canvas + 1e-9)
+    hi_px = torch.maximum(hi_px, lo_px)
+    offset_px = lo_px + torch.minimum(torch.floor(u * (hi_px - lo_px + 1)), hi_px - lo_px)
+    return torch.minimum(offset_px.clamp(min=0.0), torch.round(canvas * (1.0 - size))) / canvas
+
+
 def sample_nested_boxes(
     batch_size: int,
     patch_size: Sequence[int],
@@ -92,10 +136,43 @@ def sample_nested_boxes(
     generator: torch.Generator | None = None,
     integer_levels: str = "finest",
 ) -> torch.Tensor:
-    """Random nested boxes, one chain per sample (paper §4.1): level 0 is the whole video, level ``l`` lies inside
-    level ``l-1``, offsets are uniform; the finest level's offset is on its canvas' integer pixel grid (paper §4.5).
+    r"""Random nested boxes, one chain per sample (paper §4.1): level 0 is the whole video and level ``l`` lies
+    inside level ``l-1``; the finest level's offset is on its canvas' integer pixel grid (paper §4.5).
+
+    Every voxel of every level's canvas lies in that level's box within a bounded factor of the centre's frequency
+    (DESIGN §8: inference tiles every level up to its edges). Each axis is drawn bottom-up from its own uniforms:
+
+    1. Finest level: uniform among the ``R + r - 1`` integer windows that overlap the canvas (canvas ``R``, patch
+       ``r``), then shifted into it, so offsets 0 and ``R - r`` get ``r`` times an interior offset's mass. Each voxel
+       is then covered by ``c`` of the ``R + r - 1`` windows, ``r <= c <= 2r - 1``: the edge as often as the
+       interior, no voxel twice as often.
+    2. Each coarser level: uniform among the offsets whose box contains the finer box as if the canvas had no edges
+       (continuous, or on its own integer grid with ``integer_levels="all"``), then shifted into the canvas, which
+       keeps the finer box inside. Away from the canvas edges a box's position inside its parent is uniform. On an
+       axis that does not grow the box is the finer one's.
+
+    Coverage per growing axis (normalized lengths, box size ``s_l`` at level ``l`` and ``s_f`` at the finest level,
+    discretisation ignored): the unshifted finest offset is uniform on ``[-s_f, 1]``; level ``l``'s is that minus
+    independent uniform shifts summing to ``W`` in ``[0, s_l - s_f]``, mean ``(s_l - s_f) / 2``. Its density is flat
+    on ``[0, 1 - s_l]`` and the shift into the canvas puts ``A = s_f + E[W] = (s_l + s_f) / 2`` (in units of that
+    density) on offset 0, so a point at distance ``y <= s_l`` from an edge is covered with weight ``A + y`` and a
+    point farther from both edges with ``s_l``:
+
+    * edge / interior ``= (1 + s_f / s_l) / 2 >= 1/2``, as for the 50%-overlap inference tiles (1 tile vs 2);
+    * max / min ``= (3 s_l + s_f) / (s_l + s_f)``: ``2`` at the finest level, ``< 3`` above (on a canvas of two
+      patches there is no interior and edge / centre ``> 1/3``).
+
+    Without the shift, uniform offsets cover the edge ``r`` times less than the interior, and a finest level drawn
+    inside a continuous parent never covers it; a clamped *centre* (unshifted offsets on ``[-s_f/2, 1 - s_f/2]``)
+    would give the finest level max / min 3. The axes are independent, so 3-D coverage is the product of the
+    per-axis ones and the factors multiply over the growing axes.
 
     Args:
+        batch_size: number of chains.
+        patch_size: ``(r_f, r_h, r_w)``, the patch at every level.
+        num_levels: pyramid levels ``L``.
+        level_growth: per axis 1 or 2.
+        generator: every random draw uses it (``3 * batch_size`` float64 uniforms per level below level 0).
         integer_levels: ``"finest"`` (paper) or ``"all"`` (every level on its own integer grid, as in tiled inference).
     Returns:
         ``(batch_size, num_levels, 6)`` float32 boxes.
@@ -103,25 +180,17 @@ def sample_nested_boxes(
     if integer_levels not in ("finest", "all"):
         raise ValueError(f"`integer_levels` must be 'finest' or 'all', got {integer_levels!r}.")
     sizes = torch.tensor(level_sizes(patch_size, num_levels, level_growth), dtype=torch.float64)  # (L, 3)
-    r = torch.tensor(_as_size3(patch_size, "patch_size"), dtype=torch.float64)
+    r = torch.tensor(_as_size3(patch_size, "patch_size"), dtype=torch.float64)  # (3,)
     boxes = torch.zeros(batch_size, num_levels, 6, dtype=torch.float64)
-    boxes[:, 0, 3:] = 1.0
-    for lvl in range(1, num_levels):
-        canvas = sizes[lvl]
-        size = r / canvas
-        parent_lo = boxes[:, lvl - 1, :3]
-        parent_hi = parent_lo + boxes[:, lvl - 1, 3:] - size  # highest admissible offset
+    boxes[:, :, 3:] = r / sizes  # (L, 3) sizes broadcast over the batch
+    if num_levels == 1:
+        return boxes.float()
+    u = torch.rand(batch_size, 3, generator=generator, dtype=torch.float64)
+    boxes[:, -1, :3] = _finest_offsets(u, sizes[-1], r) / sizes[-1]
+    for lvl in range(num_levels - 2, 0, -1):
         u = torch.rand(batch_size, 3, generator=generator, dtype=torch.float64)
-        if integer_levels == "all" or lvl == num_levels - 1:
-            # Integer pixel offsets on this canvas, inside the parent box (the parent spans >= r pixels here).
-            lo_px = torch.ceil(parent_lo * canvas - 1e-9)
-            hi_px = torch.floor(parent_hi * canvas + 1e-9)
-            hi_px = torch.maximum(hi_px, lo_px)
-            offset = (lo_px + torch.floor(u * (hi_px - lo_px + 1)).clamp(max=hi_px - lo_px)) / canvas
-        else:
-            offset = parent_lo + u * (parent_hi - parent_lo)
-        boxes[:, lvl, :3] = offset
-        boxes[:, lvl, 3:] = size
+        grid = sizes[lvl] if integer_levels == "all" else None
+        boxes[:, lvl, :3] = _containing_offsets(boxes[:, lvl + 1, :3], r / sizes[lvl + 1], r / sizes[lvl], u, grid)
     return boxes.float()
 
 
