@@ -10,9 +10,16 @@ foreach and per-parameter paths; running it on the local shards instead (``to_lo
 ``lr / (1 - beta1**t)``, decoupled weight decay, weight norm clamped to 10, ``trust = ||w|| / (||u|| + eps)``) with
 the two norms computed as in `diffusers_hpdm.training.norms`: squares summed per shard in float64, all-reduced once
 per step and parameter group. Every process applies the same trust ratio, and a sharded run matches a single-process
-run bitwise (tested). On plain tensors the only difference from ``pytorch_optimizer.Lamb`` is the float64
-accumulation of the norms (they agree to about a float32 ulp; tested). Optimizer states are ``zeros_like(param)``, i.e. ``DTensor``
-shards under FSDP2, as ``torch.distributed.checkpoint`` expects.
+run bitwise (tested). Optimizer states are ``zeros_like(param)``, i.e. ``DTensor`` shards under FSDP2, as
+``torch.distributed.checkpoint`` expects.
+
+Where the trust ratio is 1 (groups with ``adam=True``, and parameters whose ``||w||`` or ``||u||`` is 0) the step is
+Adam's, with both bias corrections: ``lr / (1 - beta1**t) * m / (sqrt(v / (1 - beta2**t)) + eps)``, as in
+``torch.optim.AdamW`` (tested). Without the second correction those steps would be ``1 / sqrt(1 - beta2**t)`` too
+large (31.6x at step 1, 7x at step 20 with beta2 0.999). Trust-ratio steps keep the reference's update: a constant
+factor on ``u`` cancels in ``||w|| / ||u||`` (up to ``eps``). On plain tensors they differ from
+``pytorch_optimizer.Lamb`` by float32 rounding only (norms accumulated in float64 here; its foreach path multiplies
+by a reciprocal where this divides): a few ulps per step (tested).
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ class Lamb(_ReferenceLamb):
         weight_decouple: ``False`` adds ``weight_decay * w`` to the update instead (coupled).
         fixed_decay: do not scale the decoupled decay by the learning rate.
         grad_averaging: scale the new gradient by ``1 - beta1`` in the first moment.
-        adam: trust ratio 1 (plain Adam-style update, for ablations).
+        adam: trust ratio 1: Adam's bias-corrected update (what `lamb_param_groups` uses for biases, gains,
+            zero-initialised and embedding parameters).
         eps: added to ``sqrt(v)`` and to the update norm.
         maximize: maximize the objective.
     """
@@ -90,8 +98,12 @@ class Lamb(_ReferenceLamb):
         return w, self._update(w, exp_avg, exp_avg_sq, group)
 
     @staticmethod
-    def _update(w, exp_avg, exp_avg_sq, group) -> torch.Tensor:
-        update = exp_avg_sq.sqrt().add_(group["eps"])
+    def _update(w, exp_avg, exp_avg_sq, group, bias_correction2_sqrt: float = 1.0) -> torch.Tensor:
+        """``m / (sqrt(v) / bias_correction2_sqrt + eps)``, plus ``weight_decay * w`` with coupled decay."""
+        update = exp_avg_sq.sqrt()
+        if bias_correction2_sqrt != 1.0:
+            update.div_(bias_correction2_sqrt)
+        update.add_(group["eps"])
         torch.div(exp_avg, update, out=update)
         if not group["weight_decouple"] and group["weight_decay"] > 0.0:
             update.add_(w, alpha=group["weight_decay"])
@@ -105,9 +117,10 @@ class Lamb(_ReferenceLamb):
                 loss = closure()
         for group in self.param_groups:
             group["step"] = group.get("step", 0) + 1
-            beta1 = group["betas"][0]
+            beta1, beta2 = group["betas"]
             beta3 = 1.0 - beta1 if group["grad_averaging"] else 1.0
             step_size = group["lr"] / (1.0 - math.pow(beta1, group["step"]))
+            bias_correction2_sqrt = math.sqrt(1.0 - math.pow(beta2, group["step"]))
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
@@ -124,12 +137,12 @@ class Lamb(_ReferenceLamb):
             # 2. Trust ratio and update (recomputed from the moments: no extra buffer per parameter)
             for p, (weight_norm, update_norm) in zip(params, norms.to(params[0].dtype)):
                 state = self.state[p]
-                w = _local(p)
-                update = self._update(w, _local(state["exp_avg"]), _local(state["exp_avg_sq"]), group)
+                w, moments = _local(p), (_local(state["exp_avg"]), _local(state["exp_avg_sq"]))
                 weight_norm = weight_norm.clamp(min=0, max=self.clamp)
                 if group["adam"] or weight_norm == 0 or update_norm == 0:
-                    trust_ratio = 1.0
+                    # trust ratio 1: Adam's step, second moment bias-corrected too
+                    w.add_(self._update(w, *moments, group, bias_correction2_sqrt), alpha=-step_size)
                 else:
                     trust_ratio = weight_norm / (update_norm + group["eps"])
-                w.add_(update, alpha=-step_size * trust_ratio)
+                    w.add_(self._update(w, *moments, group), alpha=-step_size * trust_ratio)
         return loss
