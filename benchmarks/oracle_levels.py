@@ -1,57 +1,33 @@
 """Which level limits the demo model: the held-out evaluation of ``hpdm evaluate`` with the coarsest ``K`` levels'
 samples replaced by the real clips of the same prompts (rendered in memory, area-downsampled to each level).
 
-For every ``K`` in ``--oracle-levels`` (default ``0 1 2``; ``0`` is the model alone) the pipeline samples each
-level as usual, and at the end of level ``k < K`` a ``callback_on_step_end`` swaps the canvas for the real clip at
-that size, so levels ``K..`` start from a perfect coarse video and see it through context fusion exactly as they see
-their own. What moves between ``K = 0`` and ``K = 1`` is level 0's doing; what does not (the bundled model's seam
-score, most of its shapes) is the finer levels'. The real clips' own accuracy, seam score and border energy profile
+For every ``K`` in ``--oracle-levels`` (default ``0 1 2``; ``0`` is the model alone) the pipeline gets the real
+clip at level ``K - 1``'s size as ``video=`` (its coarser levels are its area-downsamplings) and samples only levels
+``K..``, which start from a perfect coarse video and see it through context fusion exactly as they see their own.
+What moves between ``K = 0`` and ``K = 1`` is level 0's doing; what does not (the bundled model's seam score, most
+of its shapes) is the finer levels'. The real clips' own accuracy, seam score and border energy profile
 are the ceiling and the floor of those metrics on this domain.
 
     .venv/bin/python benchmarks/oracle_levels.py                          # 32 videos, K = 0 1 2, ~25 min on 2 cores
     .venv/bin/python benchmarks/oracle_levels.py --num-videos 8 --oracle-levels 0 1   # ~4 min
+    .venv/bin/python benchmarks/oracle_levels.py --num-videos 2 --out /tmp/oracle.json  # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import save, setup_threads, table  # noqa: E402
+from common import machine, save, setup_threads, table  # noqa: E402
 
 from diffusers_hpdm.cli import _load_pipeline  # noqa: E402
 from diffusers_hpdm.evaluation.run import evaluate_pipeline, evaluation_prompts, real_clips  # noqa: E402
 from diffusers_hpdm.geometry import area_downsample  # noqa: E402
-
-
-class ReplaceCoarseLevels:
-    """``callback_on_step_end`` that replaces the canvas of every level below ``num_levels`` by the real clips at
-    its last step. Videos arrive in the order of ``real`` (``evaluate_pipeline`` runs the prompts in order)."""
-
-    def __init__(self, real: torch.Tensor, level_sizes: list[tuple[int, int, int]], num_levels: int):
-        self.per_level = [area_downsample(real, size) for size in level_sizes[:num_levels]]
-        self.sizes = [tuple(s) for s in level_sizes[:num_levels]]
-        self.offset, self.step_in_level, self.replaced = 0, 0, 0
-
-    def __call__(self, pipe, step: int, timestep, kwargs: dict) -> dict:
-        latents = kwargs["latents"]
-        size = tuple(latents.shape[2:])
-        if size not in self.sizes:
-            return {}
-        self.step_in_level += 1
-        if self.step_in_level < len(pipe.scheduler.timesteps):
-            return {}
-        self.step_in_level = 0
-        level, batch = self.sizes.index(size), latents.shape[0]
-        real = self.per_level[level][self.offset : self.offset + batch].to(latents)
-        self.replaced += batch
-        if level == len(self.sizes) - 1:  # the last replaced level of this batch: the next batch starts
-            self.offset += batch
-        return {"latents": real}
 
 
 def main() -> int:
@@ -65,6 +41,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the JSON here (default: benchmarks/results/oracle_levels.json)")
     args = p.parse_args()
     setup_threads(args.threads)
 
@@ -74,18 +51,17 @@ def main() -> int:
         raise SystemExit(f"--oracle-levels: at most {len(sizes) - 1} (the model has {len(sizes)} levels)")
     guidance = args.guidance[0] if len(args.guidance) == 1 else args.guidance
     prompts = evaluation_prompts(args.num_videos)
-    real = torch.from_numpy(real_clips(prompts, sizes[-1], args.seed)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    # (N, C, F, H, W) in [0, 1]: the range `video=` reads unambiguously (a [-1, 1] clip needs a negative value)
+    real = torch.from_numpy(real_clips(prompts, sizes[-1], args.seed)).permute(0, 4, 1, 2, 3).float() / 255
 
     ph = pipe.transformer.config.patch_size[1]
     rows, reports = [], {}
     for k in args.oracle_levels:
-        callback = ReplaceCoarseLevels(real, sizes, k) if k else None
+        video = area_downsample(real, sizes[k - 1]) if k else None  # real levels 0..k-1: level k-1 given
         report = evaluate_pipeline(
             pipe, num_videos=len(prompts), num_inference_steps=args.steps, guidance_scale=guidance, seed=args.seed,
-            prompts=prompts, blending=args.blending, callback_on_step_end=callback,
+            prompts=prompts, blending=args.blending, video=video,
         )["summary"]  # fmt: skip
-        if callback is not None and callback.replaced != k * len(prompts):
-            raise RuntimeError(f"replaced {callback.replaced} canvases, expected {k * len(prompts)}")
         reports[k] = report
         if not rows:
             ref = report["real_clips"]
@@ -109,11 +85,13 @@ def main() -> int:
             }
         )
         print(table(rows, list(rows[-1])), flush=True)
-    path = save(
-        "oracle_levels",
-        dict(model=args.model, num_videos=len(prompts), guidance=guidance, seed=args.seed, blending=args.blending,
-             rows=rows, reports={str(k): r for k, r in reports.items()}),
-    )  # fmt: skip
+    payload = dict(model=args.model, num_videos=len(prompts), guidance=guidance, seed=args.seed,
+                   blending=args.blending, rows=rows, reports={str(k): r for k, r in reports.items()})  # fmt: skip
+    if args.out:
+        path = Path(args.out)
+        path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
+    else:
+        path = save("oracle_levels", payload)
     print(f"\nwrote {path}")
     return 0
 

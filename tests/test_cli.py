@@ -53,6 +53,30 @@ def test_generate_stops_early_with_num_levels(model_dir, tmp_path):
     assert iio.imread(out, index=None).shape == (2, 16, 16, 3)
 
 
+def test_generate_super_resolves_a_given_clip_from_a_file_or_a_folder_of_frames(model_dir, tmp_path):
+    """``--video`` at level 0's size (a gif, or the same frames as a folder of PNGs) gives the final size, the
+    same from both; a clip of no level's size exits with the sizes to resize to."""
+    from diffusers_hpdm.data import read_frames
+
+    coarse = tmp_path / "coarse.gif"
+    assert generate(model_dir, coarse, "--num-levels", "1") == 0
+    from_gif = tmp_path / "sr.gif"
+    assert generate(model_dir, from_gif, "--video", str(coarse)) == 0
+    assert iio.imread(from_gif, index=None).shape == (2, 32, 32, 3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(read_frames(coarse)):
+        iio.imwrite(folder / f"{i:03d}.png", frame)
+    from_pngs = tmp_path / "sr_png.gif"
+    assert generate(model_dir, from_pngs, "--video", str(folder)) == 0
+    np.testing.assert_array_equal(iio.imread(from_pngs, index=None), iio.imread(from_gif, index=None))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    iio.imwrite(bad / "0.png", np.zeros((12, 12, 3), np.uint8))
+    with pytest.raises(SystemExit, match=r"2x8x8, 2x16x16, 2x32x32\. Resize the clip"):
+        generate(model_dir, tmp_path / "x.gif", "--video", str(bad))
+
+
 def test_detect_prints_what_the_detector_reads_next_to_the_prompt(model_dir, tmp_path, capsys):
     generate(model_dir, tmp_path / "v.gif", "--detect")
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("detector")][0]

@@ -7,8 +7,10 @@ import torch
 import yaml
 from conftest import randomize_
 from diffusers.utils import export_to_video
+from PIL import Image
 
 from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler, HPDMTransformer, LevelContext, write_model_card
+from diffusers_hpdm.geometry import area_downsample
 from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
 
 PROMPTS = ["a red circle moving left", "a blue square moving up quickly"]
@@ -240,6 +242,85 @@ def test_save_load_round_trip_and_model_card(pipe, tmp_path):
     assert meta["hpdm"]["level_sizes"] == [[2, 8, 8], [2, 16, 16], [2, 32, 32]]
     assert "HierarchicalPatchPipeline.from_pretrained" in text
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Video super-resolution: `video=` stands in for a coarse level
+
+
+def test_given_video_is_returned_unchanged_and_only_finer_levels_are_sampled(pipe):
+    """A level-1 clip comes back as level 1 bit for bit (level 0 as its area-downsampling), for every video of the
+    batch (one clip broadcast; one per prompt, times ``num_videos_per_prompt``); only level 2 takes steps, at the
+    step indices of the full run (3 + 1 evaluations of levels 0 and 1 come first); PIL, NumPy and tensor forms of
+    the same clip give the same result."""
+    g = torch.Generator().manual_seed(1)
+    clip = torch.rand(2, 3, 2, 16, 16, generator=g) * 2 - 1  # (B, C, F, H, W) in [-1, 1]
+    steps = []
+
+    def cb(p, step, t, kw):
+        steps.append((step, tuple(kw["latents"].shape)))
+        return {}
+
+    out = run(pipe, PROMPTS, video=clip, num_videos_per_prompt=2, generator=g, output_type="latent",
+              return_levels=True, callback_on_step_end=cb)  # fmt: skip
+    assert torch.equal(out.levels[1], clip.repeat_interleave(2, dim=0))
+    assert torch.equal(out.levels[0], area_downsample(out.levels[1], (2, 8, 8)))
+    assert steps == [(4, (4, 3, 2, 32, 32))]
+    one = run(pipe, PROMPTS, video=clip[0], output_type="latent", return_levels=True).levels[1]
+    assert torch.equal(one, clip[:1].expand(2, -1, -1, -1, -1))
+    uint8 = ((clip[0] + 1) * 127.5).round().to(torch.uint8)  # (C, F, H, W)
+    frames = uint8.permute(1, 2, 3, 0).numpy()  # (F, H, W, C)
+    forms = [uint8, frames, frames.astype(np.float32) / 255, [Image.fromarray(f) for f in frames]]
+    outs = [run(pipe, video=v, output_type="latent", return_levels=True).levels for v in forms]
+    for levels in outs[1:]:  # the same float32 values through the same operations and kernels
+        assert all(torch.equal(a, b) for a, b in zip(levels, outs[0]))
+
+
+@pytest.mark.parametrize(
+    "video,kw,match",
+    [
+        (torch.zeros(1, 3, 2, 12, 12), {}, r"not a level.*2x8x8, 2x16x16, 2x32x32.*Resize the clip"),
+        (torch.zeros(1, 2, 3, 8, 8), {}, r"transpose\(1, 2\)"),
+        (torch.zeros(1, 3, 2, 16, 16), dict(num_levels=2), "nothing finer to generate"),
+        (torch.zeros(3, 3, 2, 8, 8), {}, "one video per prompt or a single one"),
+    ],
+)
+def test_video_that_fits_no_level_raises_naming_the_fix(pipe, video, kw, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(PROMPTS, video=video, num_inference_steps=2, **kw)
+
+
+@pytest.mark.parametrize("video_level", [0, 1])
+def test_cached_and_uncached_context_give_the_same_frames_from_a_given_video(pipe, video_level):
+    clip = torch.rand(1, 3, 2, 8 * 2**video_level, 8 * 2**video_level, generator=torch.Generator().manual_seed(2))
+    kw = dict(level_steps=[2, 2, 2], video=clip)
+    cached = run(pipe, cache_context=True, **kw).frames
+    uncached = run(pipe, cache_context=False, **kw).frames
+    assert (cached - uncached).abs().max() <= 1e-5
+
+
+def test_video_of_the_generated_level_0_reproduces_the_full_run(pipe):
+    """Noise for the finer levels is drawn in the same order as in a full run (level 0's context re-noising, then
+    each finer level): from ``video=`` the run's own level 0, with every generator in the state it had after the
+    run's level-0 steps (captured by a callback at level 0's last evaluation), the finer levels are bit-identical.
+    """
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(2)]
+    states = []
+
+    def capture(p, step, t, kw):
+        if step == len(p.scheduler.timesteps) - 1 and p.scheduler.level == 0:
+            states.extend(g.get_state() for g in gens)
+        return {}
+
+    full = pipe(PROMPTS, num_inference_steps=2, generator=gens, output_type="latent", return_levels=True,
+                callback_on_step_end=capture)  # fmt: skip
+    resumed = [torch.Generator() for _ in gens]
+    for g, s in zip(resumed, states):
+        g.set_state(s)
+    sr = pipe(PROMPTS, video=full.levels[0], num_inference_steps=2, generator=resumed, output_type="latent",
+              return_levels=True)  # fmt: skip
+    for a, b in zip(full.levels, sr.levels):
+        assert torch.equal(a, b)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``hpdm``: generate videos, make the synthetic dataset, evaluate a model.
 
 hpdm generate "a red circle moving right slowly on a gray background" --model models/hpdm-shapes-demo --out v.mp4
+hpdm generate "a red circle moving right slowly on a gray background" --video coarse.gif --out sr.mp4
 hpdm make-dataset data/synthetic --num-videos 2000
 hpdm evaluate --model models/hpdm-shapes-demo --num-videos 64 --out eval.json
 """
@@ -36,6 +37,24 @@ def _load_pipeline(model: str, bf16: bool, compile_blocks: bool = False):
     return pipe
 
 
+def _read_video(path: str):
+    """uint8 ``(F, H, W, 3)`` frames of a video file (mp4, gif, ...), an image (one frame) or a folder of images
+    (the frames, in name order)."""
+    import numpy as np
+
+    from .data.video_dataset import IMAGE_EXTENSIONS, read_frames
+
+    src = Path(path)
+    if src.is_dir():
+        files = sorted(f for f in src.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise SystemExit(f"error: --video {path!r}: the folder holds no {'/'.join(IMAGE_EXTENSIONS)} frames.")
+        return np.concatenate([read_frames(f) for f in files])
+    if not src.is_file():
+        raise SystemExit(f"error: --video {path!r} is neither a file nor a folder of frames.")
+    return read_frames(src)
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -44,10 +63,12 @@ def cmd_generate(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise SystemExit(f"error: --out must end in .mp4 or .gif, got {out.name!r}.")
+    video = _read_video(args.video) if args.video else None
     pipe = _load_pipeline(args.model, args.bf16, args.compile)
     try:
         result = pipe(
             args.prompt,
+            video=video,
             negative_prompt=args.negative_prompt,
             num_frames=args.num_frames,
             height=args.height,
@@ -148,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=DEFAULT_MODEL, help="a saved HierarchicalPatchPipeline folder")
     g.add_argument("--out", default="outputs/video.mp4", help=".mp4 or .gif")
     g.add_argument("--contact-sheet", default=None, help="also write a PNG with every level's video")
+    g.add_argument(
+        "--video",
+        default=None,
+        help="super-resolve this clip (mp4/gif, or a folder of PNG frames) of a coarse level's size: only the "
+        "finer levels are sampled",
+    )
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, default=32, help="level-0 steps (halved at every finer level)")

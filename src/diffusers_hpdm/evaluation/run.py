@@ -55,6 +55,7 @@ def evaluate_pipeline(
     overlap_axes: tuple[str, ...] = AXES,
     blending: str = "uniform",
     prompts: list[str] | None = None,
+    video: torch.Tensor | None = None,
     **pipe_kwargs,
 ) -> dict:
     """Generate ``num_videos`` held-out videos (video ``i`` from seed ``seed + i``) and score them.
@@ -67,7 +68,9 @@ def evaluate_pipeline(
         each level against the next finer one downsampled, and the mean temporal flicker; under ``real_clips`` the
         same prompt following, seam score and profile of the domain's own clips of the same prompts (the
         detector's ceiling and the seam metrics' floor: the clips have sharp edges wherever the shapes are).
-        ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``).
+        ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``). ``video``: one clip per
+        prompt, ``(N, C, F, H, W)`` at a coarse level's size, passed as the pipeline's ``video=`` batch by batch
+        (only the finer levels are sampled; its level and the coarser ones are scored as given).
     """
     prompts = prompts or evaluation_prompts(num_videos)
     levels: list[list[np.ndarray]] | None = None
@@ -76,6 +79,7 @@ def evaluate_pipeline(
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
         out = pipe(
             chunk,
+            video=None if video is None else video[start : start + len(chunk)],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=gens,

@@ -17,6 +17,7 @@ from .inputs import check_inputs
 from .pipeline_output import HPDMPipelineOutput
 from .tiled_denoiser import Streams, TiledDenoiser
 from .tiling import TiledCanvas
+from .video_input import VideoInput, check_video, preprocess_video, video_pyramid
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -29,6 +30,12 @@ EXAMPLE_DOC_STRING = """
         >>> out = pipe("a red circle moving right slowly on a gray background", num_inference_steps=16,
         ...            generator=torch.Generator().manual_seed(0), return_levels=True)
         >>> export_to_video(list(out.frames[0]), "circle.mp4", fps=8)
+
+        >>> # Video super-resolution: a clip of level 0's size ((F, H, W, C) in [0, 1]); only finer levels are sampled
+        >>> sr = pipe("a red circle moving right slowly on a gray background", video=out.levels[0][0],
+        ...           num_inference_steps=16, generator=torch.Generator().manual_seed(1))
+        >>> sr.frames.shape[1:4] == out.frames.shape[1:4]
+        True
         ```
 """
 
@@ -40,6 +47,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
     ``overlap_axes``); at each step all tiles are denoised in batches, their estimates are fused into the canvas and
     the scheduler takes one step on the whole canvas. When a level is finished, one context pass over its tiles (at
     a small ``context_sigma``) fills a cache that every finer tile reads through deep context fusion.
+
+    With ``video=``, a given clip stands in for the level of its size and only the finer levels are sampled
+    (video super-resolution, DESIGN §8).
 
     Args:
         transformer: the ``HPDMTransformer``.
@@ -139,6 +149,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
     def __call__(
         self,
         prompt: str | list[str] | None = None,
+        video: VideoInput | None = None,
         negative_prompt: str | list[str] | None = None,
         class_labels: int | list[int] | torch.Tensor | None = None,
         num_frames: int | None = None,
@@ -168,10 +179,25 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int = 16,
     ) -> HPDMPipelineOutput | tuple:
-        r"""Generate videos coarse to fine.
+        r"""Generate videos coarse to fine, or (``video=``) only the levels finer than a given video.
 
         Args:
             prompt / negative_prompt: text (text models). ``negative_prompt=None`` uses the learned null conditioning.
+            video: video super-resolution (DESIGN §8): a clip that stands in for a coarse level, whose canvas size
+                equals the clip's ``(frames, height, width)`` (``transformer.level_sizes``; any other size raises a
+                ``ValueError`` listing them). Only the finer levels are sampled. A list of PIL frames, a NumPy array
+                ``(F, H, W, C)`` / ``(B, F, H, W, C)`` in ``[0, 1]`` (or uint8), or a tensor ``(C, F, H, W)`` /
+                ``(B, C, F, H, W)`` (channels first, as ``output_type="latent"``) in ``[-1, 1]`` or ``[0, 1]``
+                (read as ``[-1, 1]`` when its minimum is negative); one video per prompt, or one for all.
+                ``num_videos_per_prompt`` samples the finer levels that many times over each. The given level is
+                used unchanged (``levels[k]`` with ``output_type="latent"`` is it, bit for bit, in the canvas
+                dtype); each coarser level is its area-downsampling. Every one of them fills the context cache
+                exactly as a sampled level does, re-noised to ``context_sigma`` with ``generator``, coarse to
+                fine; then level ``k + 1`` draws its initial noise. So from ``video=`` level 0 of a run, with the
+                generator in the state it had after that run's level-0 steps, the finer levels are that run's.
+                Given levels take no steps and show no progress bar; callback step indices stay those of the full
+                run (the first call is at index ``sum`` of the given levels' evaluation counts), and
+                ``level_steps`` / per-level ``guidance_scale`` keep one entry per level (the given ones unused).
             class_labels: class ids (class-conditional models), one per prompt/video.
             num_frames, height, width: the output size; must be one level's canvas (default: the finest level).
             num_inference_steps: level-0 steps ``N``; level ``l`` uses ``max(1, N // 2**l)`` unless ``level_steps``.
@@ -191,7 +217,8 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 re-noised for the context pass: the fine levels were trained on noisy coarse context.
             num_levels: stop after this many levels (alternative to giving a coarser size).
             output_type: ``"np"``, ``"pil"``, ``"pt"`` or ``"latent"`` (the raw ``[-1, 1]`` canvas).
-            return_levels: also return every level's videos.
+            return_levels: also return every level's videos (with ``video=``: the given level and, under it, its
+                downsamplings, as the context saw them).
             callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict``; may replace ``latents``
                 (the current level's canvas ``(B, C, F, H, W)``).
         Returns:
@@ -206,6 +233,10 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             guidance_scale, num_videos_per_prompt, generator, prompt_embeds, negative_prompt_embeds, overlap_axes,
             blending, tile_batch_size, num_levels, output_type, callback_on_step_end_tensor_inputs, context_sigma,
         )  # fmt: skip
+        video_level = -1  # the level of the given video (-1: none; every level is sampled)
+        if video is not None:
+            video = preprocess_video(video, cfg.in_channels)  # (B_v, C, F, H, W) in [-1, 1]
+            video_level = check_video(video, cfg, last_level, batch)
         self._guidance_scale = list(guidance_scale) if isinstance(guidance_scale, (list, tuple)) else guidance_scale
         self._interrupt = False
         device = self._execution_device
@@ -228,8 +259,18 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         )
         denoiser = TiledDenoiser(tm, self.scheduler, streams, tile_batch_size)
 
-        # 3. Levels, coarse to fine
+        # 3. The given video (super-resolution): it and its downsamplings stand in for levels 0..video_level
         sizes = tm.level_sizes
+        # The canvas and the scheduler stay in (at least) fp32 whatever the transformer's dtype: bf16 lives only
+        # inside the model, never in the fused canvas or the sampling trajectory.
+        canvas_dtype = torch.promote_types(torch.float32, tm.dtype)
+        given: list[torch.Tensor] = []
+        if video is not None:
+            video = video.to(device, canvas_dtype)
+            per_video = num_videos // video.shape[0]  # one video for all, or one per prompt
+            given = video_pyramid(video.repeat_interleave(per_video, dim=0), sizes[: video_level + 1])
+
+        # 4. Levels, coarse to fine
         context: list[LevelContext] = []
         ctx_inputs, chains_boxes, levels_out = [], [], []
         step_count = 0
@@ -246,38 +287,24 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             chains_boxes.append(tiler.boxes())
             chains = [context_chain([*chains_boxes[:level], t.boxes()], level) if level else [] for t in tilers]
             self.scheduler.set_timesteps(num_inference_steps, level=level, device=device, level_steps=level_steps)
-            timesteps = self.scheduler.timesteps
-            shape = (num_videos, cfg.in_channels, *sizes[level])
-            # The canvas and the scheduler stay in (at least) fp32 whatever the transformer's dtype: bf16 lives only
-            # inside the model, never in the fused canvas or the sampling trajectory.
-            canvas_dtype = torch.promote_types(torch.float32, tm.dtype)
-            latents = self.prepare_latents(shape, self.scheduler.init_noise_sigma, canvas_dtype, device, generator)
+            if level <= video_level:  # given, not sampled: no noise drawn, no steps (their indices are skipped)
+                latents = given[level]
+                step_count += len(self.scheduler.timesteps)
+            else:
+                shape = (num_videos, cfg.in_channels, *sizes[level])
+                latents = self.prepare_latents(shape, self.scheduler.init_noise_sigma, canvas_dtype, device, generator)
 
-            # 4. Denoising loop: fuse the tiles' denoised estimates, one scheduler step on the whole canvas
-            with self.progress_bar(total=len(timesteps)) as progress_bar:
-                for i, t in enumerate(timesteps):
-                    if self.interrupt:
-                        break
-                    latents = self.scheduler.churn(latents, generator=generator)
-                    sigma = self.scheduler.current_sigma
-                    plan = i % len(tilers)
-                    denoised = denoiser.denoise_canvas(
-                        latents, sigma, level, tilers[plan], chains[plan], context if reuse_context else None,
-                        ctx_inputs, self._level_guidance(level),
-                    )  # fmt: skip
-                    latents = self.scheduler.step(None, t, latents, denoised=denoised).prev_sample
-                    if callback_on_step_end is not None:
-                        local = {"latents": latents, "prompt_embeds": embeds}
-                        kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
-                        result = callback_on_step_end(self, step_count, t, kwargs)
-                        latents = result.pop("latents", latents)
-                    step_count += 1
-                    progress_bar.update()
+                # 5. Denoising loop: fuse the tiles' denoised estimates, one scheduler step on the whole canvas
+                latents = self._denoising_loop(
+                    latents, level, denoiser, tilers, chains, context if reuse_context else None, ctx_inputs,
+                    generator, step_count, callback_on_step_end, callback_on_step_end_tensor_inputs, embeds,
+                )  # fmt: skip
+                step_count += len(self.scheduler.timesteps)
             levels_out.append(latents)
             if self.interrupt:
                 break  # finer levels are not started: the output is the last level reached
 
-            # 5. Context pass over the finished level for the finer ones
+            # 6. Context pass over the finished (or given) level for the finer ones
             if level < last_level and cfg.context_fusion != "none":
                 inputs = denoiser.context_inputs(latents, level, tiler, context_sigma, generator)
                 # Only the uncached path re-reads the re-noised inputs at every finer step; the cache replaces them.
@@ -286,13 +313,40 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                     ctx = denoiser.context_pass(inputs, level, chains[0], context)
                     context.append(ctx.to("cpu") if offload_context else ctx)
 
-        # 6. Post-process
+        # 7. Post-process
         self.maybe_free_model_hooks()
         frames = self._postprocess(levels_out[-1], output_type)
         levels = [self._postprocess(v, output_type) for v in levels_out] if return_levels else None
         if not return_dict:
             return (frames, levels) if return_levels else (frames,)
         return HPDMPipelineOutput(frames=frames, levels=levels)
+
+    def _denoising_loop(
+        self, latents, level, denoiser, tilers, chains, context, ctx_inputs, generator, first_step, callback,
+        callback_inputs, embeds,
+    ) -> torch.Tensor:  # fmt: skip
+        """Sample one level from its initial noise ``latents`` ``(B, C, F, H, W)`` along the scheduler's current
+        timesteps; evaluation ``i`` uses tile plan ``tilers[i % len(tilers)]`` and calls ``callback`` with step
+        index ``first_step + i``. Stops early (returning the canvas reached) when the callback sets ``interrupt``."""
+        timesteps = self.scheduler.timesteps
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                latents = self.scheduler.churn(latents, generator=generator)
+                sigma = self.scheduler.current_sigma
+                plan = i % len(tilers)
+                denoised = denoiser.denoise_canvas(
+                    latents, sigma, level, tilers[plan], chains[plan], context, ctx_inputs,
+                    self._level_guidance(level),
+                )  # fmt: skip
+                latents = self.scheduler.step(None, t, latents, denoised=denoised).prev_sample
+                if callback is not None:
+                    local = {"latents": latents, "prompt_embeds": embeds}
+                    result = callback(self, first_step + i, t, {k: local[k] for k in callback_inputs})
+                    latents = result.pop("latents", latents)
+                progress_bar.update()
+        return latents
 
     def _postprocess(self, video: torch.Tensor, output_type: str):
         if output_type == "latent":
