@@ -2,8 +2,10 @@ import warnings
 
 import pytest
 import torch
+from test_pipeline import PROMPTS, tiny_model
 
-from diffusers_hpdm import hardware
+from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler, hardware
+from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
 
 
 def _cpu(monkeypatch, machine: str, avx512_bf16: bool, amx: bool):
@@ -47,3 +49,19 @@ def test_queries_missing_from_a_torch_build_mean_not_native(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     assert hardware.cpu_has_native_bf16() is False
+
+
+def test_pipeline_warns_when_its_bf16_transformer_runs_on_an_emulating_cpu(monkeypatch):
+    _cpu(monkeypatch, "x86_64", False, False)
+    tok = build_word_tokenizer(PROMPTS)
+    pipe = HierarchicalPatchPipeline(
+        tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
+    )
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=1, num_levels=1, output_type="pt", generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # fp32: no such warning
+        pipe(PROMPTS[0], **kw)
+    pipe.transformer.to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="without native bf16"):
+        pipe(PROMPTS[0], **kw)

@@ -11,6 +11,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..geometry import AXES, context_chain
+from ..hardware import warn_if_bf16_is_emulated
 from ..models import HPDMTransformer, LevelContext
 from ..schedulers import HPDMScheduler
 from .inputs import check_inputs
@@ -149,9 +150,9 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
     def __call__(
         self,
         prompt: str | list[str] | None = None,
-        video: VideoInput | None = None,
         negative_prompt: str | list[str] | None = None,
         class_labels: int | list[int] | torch.Tensor | None = None,
+        video: VideoInput | None = None,
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -183,6 +184,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
 
         Args:
             prompt / negative_prompt: text (text models). ``negative_prompt=None`` uses the learned null conditioning.
+            class_labels: class ids (class-conditional models), one per prompt/video.
             video: video super-resolution (DESIGN §8): a clip that stands in for a coarse level, whose canvas size
                 equals the clip's ``(frames, height, width)`` (``transformer.level_sizes``; any other size raises a
                 ``ValueError`` listing them). Only the finer levels are sampled. A list of PIL frames, a NumPy array
@@ -198,7 +200,6 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 Given levels take no steps and show no progress bar; callback step indices stay those of the full
                 run (the first call is at index ``sum`` of the given levels' evaluation counts), and
                 ``level_steps`` / per-level ``guidance_scale`` keep one entry per level (the given ones unused).
-            class_labels: class ids (class-conditional models), one per prompt/video.
             num_frames, height, width: the output size; must be one level's canvas (default: the finest level).
             num_inference_steps: level-0 steps ``N``; level ``l`` uses ``max(1, N // 2**l)`` unless ``level_steps``.
             guidance_scale: classifier-free guidance ``w`` (``1`` disables it and runs one pass per tile batch), or
@@ -241,6 +242,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
         self._interrupt = False
         device = self._execution_device
         num_videos = batch * num_videos_per_prompt
+        warn_if_bf16_is_emulated(tm.dtype, device)  # bf16 on a CPU without AVX512-BF16/AMX is several times slower
 
         # 2. Encode the conditioning
         embeds = mask = neg_embeds = neg_mask = labels = None
