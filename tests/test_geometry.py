@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close_rounding, rounding_atol
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -299,21 +300,21 @@ def test_relative_box_round_trip(pyr, seed, mode):
     for k, fl in itertools.combinations(range(num_levels), 2):  # k coarser than fl
         coarse, fine = boxes[:, k], boxes[:, fl]
         rel = G.relative_box(fine, coarse)
-        # fine = coarse offset + rel offset * coarse size; sizes multiply back
-        torch.testing.assert_close(coarse[:, :3] + rel[:, :3] * coarse[:, 3:], fine[:, :3])
-        torch.testing.assert_close(rel[:, 3:] * coarse[:, 3:], fine[:, 3:])
-        # a contained box has a relative box inside [0, 1] (boxes are float32: allow their rounding)
-        assert (rel[:, :3] >= -1e-5).all()
-        assert (rel[:, :3] + rel[:, 3:] <= 1 + 1e-5).all()
+        # fine = coarse offset + rel offset * coarse size; sizes multiply back (float64 on coordinates in [0, 1]:
+        # subtraction, division, product, sum)
+        assert_close_rounding(coarse[:, :3] + rel[:, :3] * coarse[:, 3:], fine[:, :3], 4, 1.0)
+        assert_close_rounding(rel[:, 3:] * coarse[:, 3:], fine[:, 3:], 2, 1.0)
+        # a contained box has a relative box inside [0, 1] (boxes are float32: each of the 4 coordinates of a relative
+        # box's end is rounded once, by eps / 2, and the difference is divided by the coarse size)
+        slack = rounding_atol(1 / coarse[:, 3:].min(), 2)
+        assert (rel[:, :3] >= -slack).all()
+        assert (rel[:, :3] + rel[:, 3:] <= 1 + slack).all()
         assert G.box_contains(torch.tensor(G.FULL_BOX, dtype=torch.float64), rel).all()
-        # relative size is a ratio of canvases: g**-(fl-k) per axis
-        torch.testing.assert_close(
-            rel[:, 3:], torch.tensor([gi ** (k - fl) for gi in g], dtype=torch.float64).expand(6, 3)
-        )
-    # relative to the whole video a box is itself
-    torch.testing.assert_close(
-        G.relative_box(boxes[:, -1], torch.tensor(G.FULL_BOX, dtype=torch.float64)), boxes[:, -1]
-    )
+        # relative size is a ratio of canvases: g**-(fl-k) per axis (up to the float32 rounding of both sizes)
+        ratio = torch.tensor([gi ** (k - fl) for gi in g], dtype=torch.float64).expand(6, 3)
+        assert_close_rounding(rel[:, 3:], ratio, 1, ratio, torch.float32)
+    # relative to the whole video a box is itself (subtracting 0 and dividing by 1 are exact)
+    assert torch.equal(G.relative_box(boxes[:, -1], torch.tensor(G.FULL_BOX, dtype=torch.float64)), boxes[:, -1])
 
 
 @SETTINGS
@@ -332,8 +333,11 @@ def test_relative_box_of_contained_box_in_unit_cube(lo, size, inner_frac):
     inner = torch.cat([d_in, s_in])
     assert G.box_contains(outer, inner)
     rel = G.relative_box(inner, outer)
-    assert (rel[:3] >= -1e-9).all() and (rel[:3] + rel[3:] <= 1 + 1e-9).all()
-    torch.testing.assert_close(rel, torch.cat([p * (1 - q), q]))
+    # float64: the inner box (4 roundings at coordinates <= 1) less the outer offset, over the outer size, against
+    # p (1 - q) (2 roundings): 4 eps at scale 1 / size
+    atol = rounding_atol(1 / outer[3:].min(), 4, torch.float64)
+    assert (rel[:3] >= -atol).all() and (rel[:3] + rel[3:] <= 1 + atol).all()
+    assert_close_rounding(rel, torch.cat([p * (1 - q), q]), 4, 1 / outer[3:].min())
     # moving the inner box out of the outer one is detected, and its relative box leaves [0, 1]
     shifted = inner.clone()
     shifted[0] = outer[0] + outer[3] - s_in[0] + 1e-3
@@ -382,12 +386,13 @@ def test_extract_patches_shapes_slices_and_level0(pyr, batch, channels, seed, mo
         torch.testing.assert_close(
             patches[b, -1], video[b, :, f : f + r[0], h : h + r[1], w : w + r[2]], rtol=0, atol=0
         )
-    # level 0: the whole video area-downsampled to r (block means)
+    # level 0: the whole video area-downsampled to r (block means: another summation order of the same prod(factors)
+    # terms, at the video's scale); bit-identical to the same area_downsample call
     factors = [s // ri for s, ri in zip(sizes[-1], r)]
     blocks = video.reshape(batch, channels, r[0], factors[0], r[1], factors[1], r[2], factors[2])
-    torch.testing.assert_close(patches[:, 0], blocks.mean(dim=(3, 5, 7)), rtol=1e-5, atol=1e-5)
+    assert_close_rounding(patches[:, 0], blocks.mean(dim=(3, 5, 7)), math.prod(factors), video.abs().max())
     torch.testing.assert_close(patches[:, 0], G.area_downsample(video, r), rtol=0, atol=0)
-    # integer boxes on every level ("all"): each level is a slice of its area-downsampled canvas
+    # integer boxes on every level ("all"): each level is a slice of its area-downsampled canvas (the same call)
     if mode == "all":
         for lvl, canvas in enumerate(sizes):
             down = G.area_downsample(video, canvas)
@@ -395,7 +400,7 @@ def test_extract_patches_shapes_slices_and_level0(pyr, batch, channels, seed, mo
             for b in range(batch):
                 f, h, w = pxl[b].tolist()
                 torch.testing.assert_close(
-                    patches[b, lvl], down[b, :, f : f + r[0], h : h + r[1], w : w + r[2]], rtol=1e-6, atol=1e-6
+                    patches[b, lvl], down[b, :, f : f + r[0], h : h + r[1], w : w + r[2]], rtol=0, atol=0
                 )
 
 
@@ -407,10 +412,14 @@ def test_extract_patches_shapes_slices_and_level0(pyr, batch, channels, seed, mo
 )
 def test_extract_patches_constant_video(pyr, value, seed):
     r, num_levels, g = pyr
-    video = torch.full((2, 2, *G.level_sizes(r, num_levels, g)[-1]), value)
+    final = G.level_sizes(r, num_levels, g)[-1]
+    video = torch.full((2, 2, *final), value)
     boxes = G.sample_nested_boxes(2, r, num_levels, g, torch.Generator().manual_seed(seed))
     patches = G.extract_patches(video, boxes, r)
-    torch.testing.assert_close(patches, torch.full_like(patches, value), rtol=1e-5, atol=1e-5)
+    # an area average of up to prod(final / r) voxels (level 0), then 8 trilinear taps whose weights sum to 1 up to
+    # rounding
+    depth = math.prod(final) // math.prod(r) + 10
+    assert_close_rounding(patches, torch.full_like(patches, value), depth, abs(value))
 
 
 def _ramp(coeffs: torch.Tensor, bias: torch.Tensor, pos: list[torch.Tensor]) -> torch.Tensor:
@@ -450,10 +459,15 @@ def test_extract_patches_linear_ramp_read_at_voxel_centres(pyr, seed):
     # "finest" mode: intermediate levels have continuous (non-integer) offsets
     boxes = G.sample_nested_boxes(3, r, num_levels, g, gen, "finest")
     patches = G.extract_patches(video.expand(3, -1, -1, -1, -1), boxes, r)
+    # float32 video and arithmetic at the ramp's scale: the video's rounding, an area average of up to prod(final / r)
+    # voxels (level 0), 8 trilinear taps and the float32 sampling grid (a coordinate off by eps / 2, plus the
+    # unnormalisation to voxels) at slopes summing to at most the scale
+    scale = (bias.abs() + coeffs.abs().sum(1)).max()
+    depth = math.prod(final) // math.prod(r) + 16
     for b, lvl in itertools.product(range(3), range(num_levels)):
         box = boxes[b, lvl].double()
         expected = _ramp(coeffs, bias, [_centres(r[a], box[a].item(), box[3 + a].item()) for a in range(3)])
-        torch.testing.assert_close(patches[b, lvl].double(), expected, rtol=0, atol=1e-4)
+        assert_close_rounding(patches[b, lvl].double(), expected, depth, scale, torch.float32)
 
 
 @SETTINGS
@@ -474,7 +488,8 @@ def test_crop_resize_ramp_with_arbitrary_box(r, canvas_mult, frac):
     out = G.crop_resize(video, box, None, r)
     assert out.shape == (1, 1, *r)
     expected = _ramp(coeffs, bias, [_centres(r[a], box[0, a].item(), box[0, 3 + a].item()) for a in range(3)])
-    torch.testing.assert_close(out[0].double(), expected, rtol=0, atol=1e-4)
+    # float32 at the ramp's scale (2.3): the video's rounding, 8 trilinear taps and the float32 sampling grid
+    assert_close_rounding(out[0].double(), expected, 16, 2.3, torch.float32)
 
 
 @FEW
@@ -502,8 +517,9 @@ def test_crop_resize_with_canvas_box_matches_global_crop(r, seed):
     got = G.crop_resize(sub, inner_box, sub_box, r)
     want = G.crop_resize(video, inner_box, None, r)
     direct = video[:, :, in_off[0] : in_off[0] + r[0], in_off[1] : in_off[1] + r[1], in_off[2] : in_off[2] + r[2]]
-    torch.testing.assert_close(got, direct, rtol=0, atol=1e-6)
-    torch.testing.assert_close(want, direct, rtol=0, atol=1e-6)
+    # integer-aligned boxes of the patch size are slices: exact
+    torch.testing.assert_close(got, direct, rtol=0, atol=0)
+    torch.testing.assert_close(want, direct, rtol=0, atol=0)
 
 
 def test_extract_patches_rejects_video_smaller_than_pyramid():
@@ -519,7 +535,8 @@ def test_area_downsample_is_block_mean(r, mult, seed):
     video = _random_video(2, 1, [a * m for a, m in zip(r, mult)], seed)
     out = G.area_downsample(video, r)
     blocks = video.reshape(2, 1, r[0], mult[0], r[1], mult[1], r[2], mult[2]).mean(dim=(3, 5, 7))
-    torch.testing.assert_close(out, blocks, rtol=1e-5, atol=1e-6)
+    # two summation orders of the same prod(mult) terms, at the video's scale
+    assert_close_rounding(out, blocks, math.prod(mult), video.abs().max())
     assert G.area_downsample(video, video.shape[-3:]) is video
 
 
@@ -629,7 +646,7 @@ def test_tile_plan_covers_canvas(r, extra, overlap_axes):
     boxes = plan.boxes(torch.float64)
     assert boxes.shape == (len(plan), 6)
     expected = torch.tensor([G.pixel_box(o, r, canvas) for o in plan.offsets], dtype=torch.float64)
-    torch.testing.assert_close(boxes, expected)
+    assert torch.equal(boxes, expected)  # the same float64 divisions
     assert G.box_contains(torch.tensor(G.FULL_BOX, dtype=torch.float64), boxes).all()
 
 
@@ -712,7 +729,9 @@ def test_containing_tiles_contains_and_most_centred(r, level, g):
         assert containers, "50% overlap on growing axes must give every fine tile a container"
         best = min(_centre_distance_px(fo, co, r, fine.canvas, coarse.canvas) for co in containers)
         got = _centre_distance_px(fo, chosen, r, fine.canvas, coarse.canvas)
-        assert got <= best + 1e-9
+        # a tie of equally centred containers, up to float64 rounding of the squared distances (centres up to
+        # C = canvas / r windows from the origin): 3 axes x (2 C + |d|) x 2 |d| <= 18 C**2 eps / 2
+        assert got <= best + rounding_atol(max(c / ri for c, ri in zip(coarse.canvas, r)) ** 2, 9, torch.float64)
 
 
 def test_containing_tiles_prefers_centred_container():
@@ -785,21 +804,26 @@ def test_token_coordinates(grid, lo, size):
         centres = (torch.arange(grid[a], dtype=torch.float64) + 0.5) / grid[a]
         shape = [1, 1, 1]
         shape[a] = grid[a]
-        torch.testing.assert_close(coords_full[0, a], centres.reshape(shape).expand(*grid))
+        assert torch.equal(coords_full[0, a], centres.reshape(shape).expand(*grid))  # 0 + 1 * centre: exact
     boxes = torch.tensor([lo[:3] + size[:3], lo[3:] + size[3:]], dtype=torch.float64)
     coords = G.token_coordinates(boxes, grid)
     assert coords.shape == (2, 3, *grid)
-    # affine in the box: offset + size * full-box coordinates
+    # affine in the box: offset + size * full-box coordinates (float64 coordinates <= 1: a product and a sum)
     expected = boxes[:, :3, None, None, None] + boxes[:, 3:, None, None, None] * coords_full
-    torch.testing.assert_close(coords, expected)
+    assert_close_rounding(coords, expected, 2, 1.0)
     # tokens stay inside their box, and equal-spaced
-    assert (coords >= boxes[:, :3, None, None, None] - 1e-12).all()
-    assert (coords <= (boxes[:, :3] + boxes[:, 3:])[:, :, None, None, None] + 1e-12).all()
-    # token coordinates of a fine box equal the coarse box's map applied to the relative box's coordinates
+    slack = rounding_atol(1.0, 2, torch.float64)
+    assert (coords >= boxes[:, :3, None, None, None] - slack).all()
+    assert (coords <= (boxes[:, :3] + boxes[:, 3:])[:, :, None, None, None] + slack).all()
+    # token coordinates of a fine box equal the coarse box's map applied to the relative box's coordinates (float64:
+    # the relative box, its coordinates and the map back, 2 roundings each, and the direct coordinates: 8 roundings
+    # of coordinates <= 1 once multiplied back)
     rel = G.relative_box(boxes[1:], boxes[:1])
-    torch.testing.assert_close(
+    assert_close_rounding(
         G.token_coordinates(boxes[1:], grid),
         boxes[:1, :3, None, None, None] + boxes[:1, 3:, None, None, None] * G.token_coordinates(rel, grid),
+        8,
+        1.0,
     )
 
 

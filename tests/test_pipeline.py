@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import randomize_
+from conftest import assert_close_rounding, randomize_, transformer_depth
 from diffusers.utils import export_to_video
 from PIL import Image
 
@@ -97,8 +97,10 @@ def test_fused_canvas_equals_position_field_everywhere(overlap, blending, shift_
         F, H, W = video.shape[2:]
         axes = [(torch.arange(k, dtype=torch.float64) + 0.5) / k for k in (F, H, W)]
         expected = field(torch.stack(torch.meshgrid(*axes, indexing="ij"), -1))
-        # Boxes travel as float32: 1e-6 covers their rounding; a misplaced window would be off by ~0.1.
-        torch.testing.assert_close(video[0], expected, atol=1e-6, rtol=0, msg=f"level {lvl}")
+        # Boxes travel as float32: a voxel's coordinate (offset + size x centre, in [0, 1]) is off by up to eps / 2
+        # per axis, and the field's slopes add up to at most 6 per channel (cos(5h) f: 5 along h, 1 along f), so 6
+        # float32 roundings at scale 1 are twice that bound (the rest is float64); a misplaced window is off by ~0.1.
+        assert_close_rounding(video[0], expected, 6, 1.0, torch.float32, msg=f"level {lvl}")
 
 
 def test_single_tile_canvas_is_bit_identical_to_untiled_sampling(pipe):
@@ -129,7 +131,10 @@ def test_cached_and_uncached_context_give_the_same_frames(pipe, shift_tiles):
     kw = dict(level_steps=[2, 2, 2], shift_tiles=shift_tiles)
     cached = run(pipe, cache_context=True, **kw).frames
     uncached = run(pipe, cache_context=False, **kw).frames
-    assert (cached - uncached).abs().max() <= 1e-5
+    # The uncached path recomputes the coarser levels' activations in other batches (other kernels and summation
+    # orders). The frames (in [0, 1]) are the last evaluation's denoised estimate, which reads level 1's context:
+    # the rounding of the model's depth in both; earlier steps' differences shrink by sigma_next / sigma per step.
+    assert_close_rounding(uncached, cached, 2 * transformer_depth(pipe.transformer.config), 1.0)
 
 
 def test_shifted_tiles_move_the_plan_of_every_other_evaluation(pipe):
@@ -164,7 +169,8 @@ def test_output_types_shapes_and_ranges(pipe, tmp_path):
     assert [lv.shape for lv in np_out.levels] == [(1, 2, 8, 8, 3), (1, 2, 16, 16, 3), (1, 2, 32, 32, 3)]
     pt = run(pipe, output_type="pt").frames
     assert pt.shape == (1, 2, 3, 32, 32)
-    np.testing.assert_allclose(pt.permute(0, 1, 3, 4, 2).numpy(), np_out.frames, atol=1e-6)
+    # the same sampling and the same post-processing kernels (only the final layout differs): bit-identical
+    np.testing.assert_array_equal(pt.permute(0, 1, 3, 4, 2).numpy(), np_out.frames)
     pil = run(pipe, output_type="pil").frames
     assert len(pil) == 1 and len(pil[0]) == 2 and pil[0][0].size == (32, 32)
     frames = run(pipe, output_type="np", num_levels=2).frames
