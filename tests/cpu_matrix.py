@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = summary(run.stdout + run.stderr)
-        print(f"ATEN_CPU_CAPABILITY={cap:<8} threads={threads}: {line} ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"ATEN_CPU_CAPABILITY={cap:<8} threads={threads}: {line} ({time.perf_counter() - start:.0f} s)", flush=True
+        )
         if run.returncode != 0:
             failed += 1
             print("\n".join(run.stdout.splitlines()[-40:]), flush=True)
