@@ -371,3 +371,19 @@ def test_text_model_without_prompt_and_class_model_without_labels_raise(pipe):
         cls_pipe(num_inference_steps=2)
     with pytest.raises(ValueError, match="class_labels"):
         cls_pipe(class_labels=[5], num_inference_steps=2)
+
+
+@pytest.mark.parametrize("fusion", ["none", "shallow"])
+def test_every_fusion_mode_samples_every_level(fusion):
+    """``none`` reads no context: its finer levels do not depend on the coarse video at all; ``shallow`` does."""
+    tok = build_word_tokenizer(PROMPTS)
+    model = tiny_model(context_fusion=fusion)
+    pipe = HierarchicalPatchPipeline(
+        model, HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
+    )
+    pipe.set_progress_bar_config(disable=True)
+    clips = torch.rand(2, 1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    finals = [run(pipe, video=clip, level_steps=[2, 2, 2]).frames for clip in clips]
+    assert finals[0].shape == (1, 2, 3, 32, 32) and torch.isfinite(finals[0]).all()
+    assert torch.equal(finals[0], finals[1]) == (fusion == "none")
+    assert run(pipe, level_steps=[2, 2, 2]).frames.shape == (1, 2, 3, 32, 32)  # sampled level 0 too

@@ -116,7 +116,7 @@ class TiledDenoiser:
                 out = self._joint_chain(x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw)
             else:
                 idx = None
-                if level > 0:
+                if level > 0 and context:  # "none" fusion leaves no context
                     idx = [chain[k][tile_ids] + stream_ids * context[k].boxes.shape[0] // S for k in range(level)]
                 out = tm(x_in, t, boxes[tile_ids], level=level, context=context, context_indices=idx, **kw).sample
             denoised = c_skip * x.repeat(reps, 1, 1, 1, 1) + c_out * out.to(x.dtype)
