@@ -39,7 +39,7 @@ from common import save, setup_threads, table  # noqa: E402
 from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
 from diffusers_hpdm.evaluation.detector import detect_attributes  # noqa: E402
 from diffusers_hpdm.evaluation.run import evaluation_prompts, real_clips  # noqa: E402
-from diffusers_hpdm.geometry import area_downsample  # noqa: E402
+from diffusers_hpdm.geometry import area_downsample, extract_patches, sample_nested_boxes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -49,6 +49,7 @@ VARIANTS = {
     "deep-nocoords": {"context_fusion": "deep", "use_coordinates": False},
 }
 ATTRIBUTES = ("colour", "shape", "direction")
+LEVEL_SIZES = [(4, 16, 16), (8, 32, 32)]  # tiny-t2v's patch, 2 levels
 
 
 def train(variant: str, seed: int, args) -> Path:
@@ -76,13 +77,78 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * np.log10(4.0 / max(mse, 1e-12)))
 
 
+def real_levels(prompts: list[str], args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real clips of ``prompts`` (rendered at 16x64x64) area-downsampled to levels 0 and 1, in [-1, 1]."""
+    real = torch.from_numpy(real_clips(prompts, (16, 64, 64), args.eval_seed)).permute(0, 4, 1, 2, 3)
+    real = real.float() / 127.5 - 1  # (N, 3, 16, 64, 64)
+    return area_downsample(real, LEVEL_SIZES[0]), area_downsample(real, LEVEL_SIZES[1])
+
+
+def score(fine: torch.Tensor, level0: torch.Tensor, level1: torch.Tensor) -> dict:
+    """Scores of one level-1 video ``fine`` ``(3, 8, 32, 32)`` against the real clip's two levels."""
+    found = detect_attributes(((fine + 1) / 2).permute(1, 2, 3, 0).clamp(0, 1).numpy())
+    wanted = detect_attributes(((level1 + 1) / 2).permute(1, 2, 3, 0).numpy())
+    return {
+        "psnr_real": psnr(fine, level1),
+        "psnr_context": psnr(area_downsample(fine[None], LEVEL_SIZES[0])[0], level0),
+        **{a: float(found[a] == wanted[a]) for a in ATTRIBUTES},
+    }
+
+
+def mean_scores(rows: list[dict]) -> dict:
+    return {key: statistics.mean(r[key] for r in rows) for key in rows[0]}
+
+
+def upsampled_context(prompts: list[str], args) -> dict:
+    """The no-model yardstick: the real level 0 trilinearly upsampled to level 1 (what a level that copies its
+    context and adds nothing would draw)."""
+    level0, level1 = real_levels(prompts, args)
+    up = torch.nn.functional.interpolate(level0, size=LEVEL_SIZES[1], mode="trilinear", align_corners=False)
+    return mean_scores([score(up[k], level0[k], level1[k]) for k in range(len(prompts))])
+
+
+@torch.no_grad()
+def context_usage(pipe, prompts: list[str], args, sigmas_1=(0.5, 2.0, 8.0), sigma_0: float = 0.1) -> dict:
+    """Teacher-forced: level 1's denoising error (x0 MSE) with its real level-0 context over the error with the
+    level-0 context of *another* clip (the batch rolled by one), on the nested training patches of the held-out
+    clips, level 0 noised to ``sigma_0`` (the pipeline's context_sigma), level 1 at each of ``sigmas_1``. 1.0: the
+    context is not used (exactly 1 for ``"none"``); far below 1: level 1 reads its context."""
+    tm, sch = pipe.transformer, pipe.scheduler
+    level0, level1 = real_levels(prompts, args)
+    g = torch.Generator().manual_seed(args.eval_seed)
+    boxes = sample_nested_boxes(len(prompts), tm.config.patch_size, 2, tm.config.level_growth, generator=g)
+    x0 = extract_patches(level1, boxes, tm.config.patch_size)  # (N, 2, C, f, h, w): level 0 = whole clip
+    embeds, mask, _, _ = pipe.encode_prompt(prompts, None, False, 1, None, None, None, None, 16)
+    ratios = {}
+    for s1 in sigmas_1:
+        sig = torch.tensor([sigma_0, s1]).expand(len(prompts), 2)  # (N, 2)
+        noise = torch.randn(x0.shape, generator=g)
+        x_noisy = sch.add_noise(x0, noise, sig)
+        c_skip, c_out, c_in, c_noise = (sch.broadcast_sigma(c, x_noisy) for c in sch.precondition(sig))
+        errors = []
+        for shuffle in (False, True):
+            x_in = (c_in * x_noisy).clone()
+            if shuffle:  # level 0 (input and box) of the next clip
+                x_in[:, 0] = x_in[:, 0].roll(1, 0)
+            out = tm(x_in, sch.precondition(sig)[3], boxes, encoder_hidden_states=embeds,
+                     encoder_attention_mask=mask).sample  # fmt: skip
+            x0_hat = c_skip[:, 1] * x_noisy[:, 1] + c_out[:, 1] * out[:, 1]
+            errors.append(torch.mean((x0_hat - x0[:, 1]) ** 2).item())
+        ratios[f"context_mse_ratio_s{s1:g}"] = errors[0] / errors[1]
+        ratios[f"denoised_psnr_s{s1:g}"] = float(10 * np.log10(4.0 / errors[0]))  # with the real context
+    return ratios
+
+
 @torch.no_grad()
 def evaluate(folder: Path, prompts: list[str], args) -> dict:
+    """Scores of one trained model, cached in ``folder`` per evaluation setting."""
+    cache = folder / f"probe_eval_{len(prompts)}v_{args.inference_steps}s_g{args.guidance}_e{args.eval_seed}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
     pipe = HierarchicalPatchPipeline.from_pretrained(folder)
-    sizes = pipe.transformer.level_sizes  # [(4, 16, 16), (8, 32, 32)]
-    real = torch.from_numpy(real_clips(prompts, (16, 64, 64), args.eval_seed)).permute(0, 4, 1, 2, 3)
-    real = real.float() / 127.5 - 1  # (N, 3, 16, 64, 64) in [-1, 1]
-    level0, level1 = (area_downsample(real, s) for s in sizes)
+    assert [tuple(s) for s in pipe.transformer.level_sizes] == LEVEL_SIZES
+    level0, level1 = real_levels(prompts, args)
+    usage = context_usage(pipe, prompts, args)
     rows = []
     for i in range(0, len(prompts), args.eval_batch):
         batch = slice(i, i + args.eval_batch)
@@ -92,18 +158,10 @@ def evaluate(folder: Path, prompts: list[str], args) -> dict:
             guidance_scale=args.guidance, generator=generators, output_type="pt", return_levels=True,
         )  # fmt: skip
         fine = out.frames.permute(0, 2, 1, 3, 4) * 2 - 1  # (n, 3, 8, 32, 32) in [-1, 1]
-        for j in range(len(prompts[batch])):
-            k = i + j
-            found = detect_attributes(((fine[j] + 1) / 2).permute(1, 2, 3, 0).clamp(0, 1).numpy())
-            wanted = detect_attributes(((level1[k] + 1) / 2).permute(1, 2, 3, 0).numpy())
-            rows.append(
-                {
-                    "psnr_real": psnr(fine[j], level1[k]),
-                    "psnr_context": psnr(area_downsample(fine[j : j + 1], sizes[0])[0], level0[k]),
-                    **{a: float(found[a] == wanted[a]) for a in ATTRIBUTES},
-                }
-            )
-    return {key: statistics.mean(r[key] for r in rows) for key in rows[0]}
+        rows += [score(fine[j], level0[i + j], level1[i + j]) for j in range(len(fine))]
+    scores = {**mean_scores(rows), **usage}
+    cache.write_text(json.dumps(scores))
+    return scores
 
 
 def main() -> int:
@@ -147,8 +205,15 @@ def main() -> int:
             scale = 1 if key.startswith("psnr") else 100
             row[key] = f"{scale * statistics.mean(values):.1f} ± {scale * (max(values) - min(values)) / 2:.1f}"
         rows.append(row)
+    baseline = upsampled_context(prompts, args)
+    rows.append(
+        {
+            "variant": "real level 0 upsampled (no model)",
+            **{k: f"{(1 if k.startswith('psnr') else 100) * v:.1f}" for k, v in baseline.items()},
+        }
+    )
     print(table(rows, list(rows[0])), flush=True)
-    path = save(args.name, dict(args=vars(args), results=results, table=rows))
+    path = save(args.name, dict(args=vars(args), results=results, upsampled_context=baseline, table=rows))
     print(f"\nwrote {path}")
     return 0
 
