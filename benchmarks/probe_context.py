@@ -112,7 +112,8 @@ def context_usage(pipe, prompts: list[str], args, sigmas_1=(0.5, 2.0, 8.0), sigm
     """Teacher-forced: level 1's denoising error (x0 MSE) with its real level-0 context over the error with the
     level-0 context of *another* clip (the batch rolled by one), on the nested training patches of the held-out
     clips, level 0 noised to ``sigma_0`` (the pipeline's context_sigma), level 1 at each of ``sigmas_1``. 1.0: the
-    context is not used (exactly 1 for ``"none"``); far below 1: level 1 reads its context."""
+    context is not used (exactly 1 for ``"none"``); far below 1: level 1 reads its context. Also the PSNR of that
+    denoised estimate (with the real context) against the real patch."""
     tm, sch = pipe.transformer, pipe.scheduler
     level0, level1 = real_levels(prompts, args)
     g = torch.Generator().manual_seed(args.eval_seed)
@@ -200,16 +201,17 @@ def main() -> int:
             print(json.dumps({"variant": variant, **per_seed[-1]}), flush=True)
         results[variant] = per_seed
         row = {"variant": variant}
-        for key in ("psnr_real", "psnr_context", *ATTRIBUTES):
+        for key in ("psnr_real", "psnr_context", *ATTRIBUTES, "context_mse_ratio_s2", "denoised_psnr_s0.5"):
             values = [s[key] for s in per_seed]
-            scale = 1 if key.startswith("psnr") else 100
-            row[key] = f"{scale * statistics.mean(values):.1f} ± {scale * (max(values) - min(values)) / 2:.1f}"
+            scale, digits = (100, 0) if key in ATTRIBUTES else (1, 2 if key.startswith("context") else 1)
+            mean, half_range = scale * statistics.mean(values), scale * (max(values) - min(values)) / 2
+            row[key] = f"{mean:.{digits}f} ± {half_range:.{digits}f}"
         rows.append(row)
     baseline = upsampled_context(prompts, args)
     rows.append(
         {
             "variant": "real level 0 upsampled (no model)",
-            **{k: f"{(1 if k.startswith('psnr') else 100) * v:.1f}" for k, v in baseline.items()},
+            **{k: f"{(100 if k in ATTRIBUTES else 1) * v:.1f}" for k, v in baseline.items()},
         }
     )
     print(table(rows, list(rows[0])), flush=True)
