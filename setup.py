@@ -30,7 +30,8 @@ setup(
         "numpy>=1.26",
         "pillow>=10",
         "tqdm>=4.66",
+        "peft>=0.17",  # LoRA: diffusers' PeftAdapterMixin on the transformer, `--rank` in examples/train_t2v.py
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "pyyaml>=6"]},
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "pyyaml>=6", "tensorboard>=2.16"]},
     entry_points={"console_scripts": ["hpdm=diffusers_hpdm.cli:main"]},
 )
