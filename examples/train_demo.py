@@ -110,6 +110,7 @@ def finish_card(args, summary: dict) -> None:
             f"{v:.1f} dB" for v in summary["level_psnr"]
         ),
         "temporal flicker": f"{summary['temporal_flicker']:.4f}",
+        "grain (Laplacian energy / the real clips' of the same prompts)": f"{summary['grain']:.2f}",
     }
     training = (
         "Trained on CPU (2 cores) with `make train-demo`, i.e. `python examples/train_demo.py`, on the synthetic "

@@ -111,7 +111,7 @@ def test_evaluate_reports_the_real_clips_next_to_the_model(model_dir, tmp_path, 
     """``hpdm evaluate`` writes a report whose ``real_clips`` section scores the domain's own clips of the same
     prompts with the same metrics (the detector's ceiling, the seam score's floor), and the scores of the model's
     videos do not depend on how the prompts are batched (video ``i`` comes from seed ``seed + i`` alone)."""
-    from diffusers_hpdm.evaluation import prompt_following_accuracy, seam_score, tile_edges
+    from diffusers_hpdm.evaluation import high_frequency_energy, prompt_following_accuracy, seam_score, tile_edges
     from diffusers_hpdm.evaluation.run import evaluate_pipeline, evaluation_prompts, real_clips
 
     out = tmp_path / "report.json"
@@ -130,6 +130,8 @@ def test_evaluate_reports_the_real_clips_next_to_the_model(model_dir, tmp_path, 
     assert summary["seam_score"] is not None and len(summary["accuracy_per_level"]) == 3
     per_level = summary["seam_score_per_level"]  # level 0 is one tile; the finest level is the headline number
     assert per_level[0] is None and per_level[1] is not None and per_level[2] == summary["seam_score"]
+    assert reference["high_frequency_energy"] == np.mean([high_frequency_energy(v) for v in clips])
+    assert summary["grain"] > 0
     assert real_clips(["a red thing"], (2, 32, 32)) is None  # not every attribute named: no reference
     pipe = HierarchicalPatchPipeline.from_pretrained(model_dir)
     one_by_one = evaluate_pipeline(pipe, num_videos=3, num_inference_steps=2, seed=5, batch_size=1)["summary"]

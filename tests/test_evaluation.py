@@ -16,6 +16,8 @@ from diffusers_hpdm.evaluation import (
     detect_attributes,
     feature_statistics,
     frechet_distance,
+    grain_ratio,
+    high_frequency_energy,
     i3d_features,
     level_consistency,
     load_i3d,
@@ -158,6 +160,34 @@ def test_level_consistency_is_area_downsampling():
     assert only_spatial["mse"] <= rounding_atol(1.0, 2, torch.float64) ** 2
     with pytest.raises(ValueError):
         level_consistency(rng.random((4, 12, 16, 3)), coarse)
+
+
+def test_high_frequency_energy_ramp_noise_and_grain_ratio():
+    """The Laplacian energy is 0 on a linear ramp, adds 20 s^2 for independent noise of variance s^2, and the grain
+    ratio of a video against itself is 1."""
+    ramp = np.broadcast_to(np.linspace(0, 1, 32)[None, None, :, None], (4, 32, 32, 3))
+    # five float64 terms of size <= 4: rounding error <= 8 eps per Laplacian, squared
+    assert high_frequency_energy(ramp) <= (8 * np.finfo(np.float64).eps) ** 2
+    rng = np.random.default_rng(0)
+    attrs = dict(colour="red", shape="circle", direction="right", speed="slowly", background="gray")
+    s, clip = 0.05, render_video(attrs, 8, 64, 64, np.random.default_rng(1)) / 255.0
+    noisy = clip + rng.normal(0, s, clip.shape)
+    n = clip[:, 1:-1, 1:-1].size  # interior samples
+    # E[lap(x + e)^2] = E[lap(x)^2] + 20 s^2 (Laplacian taps 1, 1, 1, 1, -4; the cross term has mean 0). Standard
+    # errors of the sample mean: the noise part L^2 (Gaussian L, Cov(L_i^2, L_j^2) = 2 Cov(L_i, L_j)^2, and the
+    # kernel's autocorrelation 20, -8 (x4), 2 (x4), 1 (x4) has squares summing to 676) has s^2 sqrt(1352 / n); the
+    # cross term 2 lap(x) L, by Cauchy-Schwarz over the autocorrelation's absolute sum 64, at most
+    # 16 s sqrt(E[lap(x)^2] / n).
+    base = high_frequency_energy(clip)
+    noise_part = 20 * s**2
+    std_err = s**2 * np.sqrt(1352 / n) + 16 * s * np.sqrt(base / n)
+    assert abs(high_frequency_energy(noisy) - (base + noise_part)) < 6 * std_err
+    assert grain_ratio([clip, clip], [clip]) == 1.0
+    assert grain_ratio([noisy], [clip]) > 1.0
+    with pytest.raises(ValueError, match="constant"):
+        grain_ratio([clip], [np.zeros((2, 8, 8, 3))])
+    with pytest.raises(ValueError, match="3x3"):
+        high_frequency_energy(np.zeros((2, 2, 8, 3)))
 
 
 def test_temporal_flicker_steady_vs_flickering():

@@ -12,6 +12,8 @@ from ..data.synthetic import BACKGROUNDS, SPEEDS, caption, heldout_prompts, pars
 from ..geometry import AXES, axis_stride
 from .metrics import (
     border_energy_profile,
+    grain_ratio,
+    high_frequency_energy,
     level_consistency,
     prompt_following_accuracy,
     seam_score,
@@ -65,7 +67,8 @@ def evaluate_pipeline(
         attribute at every level, the finest level's seam score (gradient energy on tile borders / elsewhere, at the
         tile borders of the finest level's plan; ``seam_score_per_level``: every level at its own plan's borders,
         ``None`` for a level sampled as one tile) and where that energy sits (``border_energy_profile``), PSNR of
-        each level against the next finer one downsampled, and the mean temporal flicker; under ``real_clips`` the
+        each level against the next finer one downsampled, the mean temporal flicker, and ``grain``: the final videos'
+        Laplacian energy over that of the real clips of the same prompts (1.0 = the data's own texture); under ``real_clips`` the
         same prompt following, seam score and profile of the domain's own clips of the same prompts (the
         detector's ceiling and the seam metrics' floor: the clips have sharp edges wherever the shapes are).
         ``pipe_kwargs`` go to the pipeline (e.g. ``context_sigma``, ``level_steps``). ``video``: one clip per
@@ -115,6 +118,7 @@ def evaluate_pipeline(
             "accuracy": prompt_following_accuracy(list(real), prompts),
             "seam_score": level_seams(real),
             "border_energy_profile": np.mean([border_energy_profile(v, ph) for v in real], 0).round(3).tolist(),
+            "high_frequency_energy": float(np.mean([high_frequency_energy(v) for v in real])),
         }
     summary = {
         "num_videos": len(prompts),
@@ -134,6 +138,8 @@ def evaluate_pipeline(
             for k in range(len(levels) - 1)
         ],
         "temporal_flicker": float(np.mean([temporal_flicker(v) for v in final])),
+        # high-frequency (Laplacian) energy of the final videos relative to the real clips of the same prompts
+        "grain": None if real is None else grain_ratio(final, real),
         "real_clips": reference,
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,
