@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "deep": {"context_fusion": "deep"},
     "shallow": {"context_fusion": "shallow"},
+    "deep+shallow": {"context_fusion": "deep+shallow"},
     "none": {"context_fusion": "none"},
     "deep-nocoords": {"context_fusion": "deep", "use_coordinates": False},
 }

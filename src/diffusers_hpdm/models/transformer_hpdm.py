@@ -29,7 +29,9 @@ from .positions import LAYOUT_FREQUENCIES, layout_features, sincos_position_tabl
 from .presets import PRESETS
 from .rin import RINBlock
 
-FUSION_MODES = ("deep", "shallow", "none")
+FUSION_MODES = ("deep", "shallow", "deep+shallow", "none")
+DEEP_MODES = ("deep", "deep+shallow")  # token-space fusion before blocks (paper eq. 7-9)
+PIXEL_MODES = ("shallow", "deep+shallow")  # the coarse pixels next to the noisy input
 
 
 @dataclass
@@ -61,7 +63,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         mlp_ratio: MLP expansion.
         levels_per_block: adaptive computation (paper §4.3): block ``b`` runs the first ``levels_per_block[b]``
             levels. Non-decreasing, ending at ``num_levels``. ``None``: every block runs every level.
-        context_fusion: ``"deep"`` (paper), ``"shallow"`` (cascaded-style pixel concat) or ``"none"``.
+        context_fusion: ``"deep"`` (paper), ``"shallow"`` (cascaded-style pixel concat), ``"deep+shallow"`` (both
+            paths; not in the paper, docs/probes.md) or ``"none"``.
         detach_context: stop gradients from finer levels into coarser ones (ablation).
         use_coordinates: feed per-token global coordinates to the tokenizer and the fusion (ablation: ``False``).
         qk_norm: normalisation of queries and keys (``"rms_norm"`` keeps LAMB at lr 5e-3 stable), or ``None``.
@@ -187,7 +190,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"`latent_dim` ({latent_dim}) must be divisible by `num_heads` ({num_heads}).")
 
         voxels = in_channels * math.prod(tokenizer_patch)
-        pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
+        pixel_in = voxels * (2 if context_fusion in PIXEL_MODES else 1)
         self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
         self.in_modulation = nn.Linear(latent_dim, voxels) if input_modulation else None
         if input_conv_channels is not None and not input_conv_channels >= 1:
@@ -234,7 +237,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         )
         self.fusion = (
             nn.ModuleList([DeepContextFusion(token_dim) for _ in range(num_blocks)])
-            if context_fusion == "deep"
+            if context_fusion in DEEP_MODES
             else None
         )
         self.norm_out = nn.LayerNorm(token_dim, elementwise_affine=not output_modulation)
@@ -367,7 +370,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             parts[0] = parts[0] * gate[:, None, None]
         if self.in_modulation is not None:
             parts[0] = parts[0] * (1 + self.in_modulation(nn.functional.silu(t_emb)))[:, None]
-        if self.config.context_fusion == "shallow":
+        if self.config.context_fusion in PIXEL_MODES:
             ctx = torch.zeros_like(x) if ctx_pixels is None else ctx_pixels
             parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
         parts.append(coords)
@@ -562,7 +565,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         flat_boxes = boxes.reshape(B * L, 6)
         coords = self._coords(flat_boxes, dtype)  # (B*L, T, 3)
         ctx_pixels = None
-        if self.config.context_fusion == "shallow":
+        if self.config.context_fusion in PIXEL_MODES:
             ctx_pixels = self._shallow_context_joint(x, boxes).flatten(0, 1)
         ehs, ehs_mask, drop = rep(ehs), rep(ehs_mask), rep(drop)
         t_emb, cond, bias = self._conditioning(
@@ -638,7 +641,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         dtype = x.dtype
         coords = self._coords(boxes, dtype)
         ctx_pixels = None
-        if needs_context and fusion == "shallow":
+        if needs_context and fusion in PIXEL_MODES:
             ctx_pixels = 0
             for c, idx in zip(context, context_indices):
                 idx = idx.to(c.pixels.device)
@@ -663,7 +666,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
                     tokens = self.fusion[b](tokens, ctx, coords)
             tokens, z = self._run_block(b, tokens, z, cond, bias)
         if record:
-            pixels = x if fusion == "shallow" else None
+            pixels = x if fusion in PIXEL_MODES else None
             return None, LevelContext(level, boxes.detach(), features, pixels)
         return self._detokenize(tokens, t_emb), None
 
