@@ -264,10 +264,12 @@ def generate_dataset(
     Returns:
         `Path`: `output_dir`.
     """
-    if height % 2 or width % 2:
-        raise ValueError(f"height and width must be even for yuv420p H.264, got {height}x{width}.")
-    if num_videos < 0 or num_frames < 1:
-        raise ValueError(f"num_videos must be >= 0 and num_frames >= 1, got {num_videos}, {num_frames}.")
+    for name, value in (("num_videos", num_videos), ("num_frames", num_frames), ("fps", fps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
+            raise ValueError(f"`{name}` must be an even integer >= 2 (yuv420p H.264 needs even sizes), got {value!r}.")
     root = Path(output_dir)
     info = {
         "generator_version": _GENERATOR_VERSION,
