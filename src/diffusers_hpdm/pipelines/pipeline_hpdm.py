@@ -18,6 +18,7 @@ from .inputs import check_inputs
 from .pipeline_output import HPDMPipelineOutput
 from .tiled_denoiser import Streams, TiledDenoiser
 from .tiling import TiledCanvas
+from .validation import check_callback_result
 from .video_input import VideoInput, check_video, preprocess_video, video_pyramid
 
 EXAMPLE_DOC_STRING = """
@@ -233,6 +234,8 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             self, prompt, negative_prompt, class_labels, num_frames, height, width, num_inference_steps, level_steps,
             guidance_scale, num_videos_per_prompt, generator, prompt_embeds, negative_prompt_embeds, overlap_axes,
             blending, tile_batch_size, num_levels, output_type, callback_on_step_end_tensor_inputs, context_sigma,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
+            max_sequence_length=max_sequence_length, callback_on_step_end=callback_on_step_end,
         )  # fmt: skip
         video_level = -1  # the level of the given video (-1: none; every level is sampled)
         if video is not None:
@@ -346,6 +349,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 if callback is not None:
                     local = {"latents": latents, "prompt_embeds": embeds}
                     result = callback(self, first_step + i, t, {k: local[k] for k in callback_inputs})
+                    result = check_callback_result(result, latents)
                     latents = result.pop("latents", latents)
                 progress_bar.update()
         return latents
