@@ -162,18 +162,15 @@ def cmd_evaluate(args) -> int:
 
 def _vocabulary_epilog() -> str:
     """What the bundled demo model knows, for ``hpdm generate --help``."""
-    from .data.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SPEEDS
+    import textwrap
+
+    from .data.synthetic import domain_description
 
     return (
-        f"The bundled model ({DEFAULT_MODEL}) knows only the synthetic moving-shapes domain it was trained on:\n"
-        f"  colours     {', '.join(COLOURS)}\n"
-        f"  shapes      {', '.join(SHAPES)}\n"
-        f"  directions  {', '.join(DIRECTIONS)}\n"
-        f"  speeds      {', '.join(SPEEDS)}\n"
-        f"  backgrounds {', '.join(BACKGROUNDS)}\n"
-        "in the template 'a <colour> <shape> moving <direction> <speed> on a <background> background'. Words outside "
-        "its tokenizer's vocabulary become one unknown token (a warning names them). Example:\n"
-        f'  hpdm generate "{DEFAULT_PROMPT}" --out circle.mp4'
+        f"The bundled model ({DEFAULT_MODEL}):\n"
+        + textwrap.fill(domain_description(), 100, initial_indent="  ", subsequent_indent="  ")
+        + "\n  Words outside its tokenizer's vocabulary become one unknown token (a warning names them).\n"
+        f'Example:\n  hpdm generate "{DEFAULT_PROMPT}" --out circle.mp4'
     )
 
 

@@ -60,6 +60,17 @@ def caption(attrs: dict) -> str:
     )
 
 
+def domain_description() -> str:
+    """What a model trained on this domain knows, in one paragraph (model cards, ``hpdm generate --help``)."""
+    return (
+        "Trained only on the synthetic moving-shapes domain: one shape moving along one axis, captioned "
+        "'a COLOUR SHAPE moving DIRECTION SPEED on a BACKGROUND background' with colours "
+        f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; directions {', '.join(DIRECTIONS)}; speeds "
+        f"{', '.join(SPEEDS)}; backgrounds {', '.join(BACKGROUNDS)}. Anything else (people, objects, scenes) "
+        "is outside what it has seen."
+    )
+
+
 def attribute_label(attrs: dict) -> int:
     """Class index of the (colour, shape, direction) triple, in ``[0, 72)``, for class-conditional training."""
     triples = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))

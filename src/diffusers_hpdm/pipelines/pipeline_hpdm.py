@@ -14,6 +14,7 @@ from ..geometry import AXES, context_chain
 from ..hardware import warn_if_bf16_is_emulated
 from ..models import HPDMTransformer, LevelContext
 from ..schedulers import HPDMScheduler
+from .checksums import ChecksumMixin
 from .inputs import check_inputs
 from .pipeline_output import HPDMPipelineOutput
 from .tiled_denoiser import Streams, TiledDenoiser
@@ -42,13 +43,17 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class HierarchicalPatchPipeline(DiffusionPipeline):
+class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
     r"""Text- or class-to-video generation with a Hierarchical Patch Diffusion Model.
 
     Level 0 is sampled as one patch. Every later level is tiled with patch-sized windows (50% overlap on
     ``overlap_axes``); at each step all tiles are denoised in batches, their estimates are fused into the canvas and
     the scheduler takes one step on the whole canvas. When a level is finished, one context pass over its tiles (at
     a small ``context_sigma``) fills a cache that every finer tile reads through deep context fusion.
+
+    ``save_pretrained`` writes ``checksums.json`` (sha256 of every weight file) and ``from_pretrained`` of a local
+    folder verifies it first: corrupted weights raise a ``ValueError`` naming the file (``verify_checksums=False``
+    loads them anyway).
 
     With ``video=``, a given clip stands in for the level of its size and only the finer levels are sampled
     (video super-resolution, DESIGN §8).
