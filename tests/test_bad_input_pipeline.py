@@ -171,3 +171,14 @@ def test_the_bundled_model_carries_checksums_that_match_its_weights():
     assert verify_checksums(folder) is True
     card = (folder / "README.md").read_text()
     assert "## What the model knows" in card and "checksums.json" in card and "triangle" in card
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"num_videos": 0}, "num_videos"), ({"batch_size": 0}, "batch_size"), ({"prompts": []}, "prompts")],
+)
+def test_evaluate_pipeline_rejects_empty_runs(pipe, kwargs, name):
+    from diffusers_hpdm.evaluation.run import evaluate_pipeline
+
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        evaluate_pipeline(pipe, **{"num_inference_steps": 1, **kwargs})
