@@ -99,6 +99,7 @@ def export(trained: Path, output_dir: str) -> None:
 def finish_card(args, summary: dict) -> None:
     """Rewrite the model card with the exact commands and the measured metrics."""
     from diffusers_hpdm import write_model_card
+    from diffusers_hpdm.data.synthetic import domain_description
 
     acc = summary["accuracy"]
     metrics = {
@@ -123,6 +124,7 @@ def finish_card(args, summary: dict) -> None:
     )
     write_model_card(
         args.output_dir,
+        domain=domain_description(),
         title="HPDM shapes demo (CPU-sized text-to-video)",
         description=(
             "A 3-level, 4M-parameter HPDM text-to-video model trained from scratch on CPU on synthetic moving "

@@ -52,7 +52,9 @@ from diffusers_hpdm.training import (
     Lamb,
     PromptEncoder,
     ShardedBatchSampler,
+    SkipMonitor,
     atomic_checkpoint,
+    check_checkpoint,
     clip_grad_norm_,
     enable_cpu_fsdp,
     freeze_parameters,
@@ -107,6 +109,14 @@ def find_resume_checkpoint(args, accelerator) -> Path | None:
     return Path(path) if path else None
 
 
+def check_resume_checkpoint(resume: Path | None, accelerator) -> dict | None:
+    """The checkpoint's validated training state, on every process; a ValueError naming every piece of state
+    (weights, optimizer, lr schedule, EMA, RNG of each process, data order) it cannot restore."""
+    if resume is None:
+        return None
+    return check_checkpoint(resume, accelerator.num_processes)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------------------------------
@@ -132,7 +142,7 @@ def main(args: argparse.Namespace) -> None:
 
     # 1. Resume point and seed (a resumed run keeps its checkpoint's seed: randomness is keyed by it)
     resume = find_resume_checkpoint(args, accelerator)
-    resume_state = json.loads((resume / TRAINING_STATE_NAME).read_text()) if resume else None
+    resume_state = check_resume_checkpoint(resume, accelerator)  # every process: all raise or none
     seed = args.seed
     if resume_state is not None:
         if seed is not None and seed != resume_state["seed"]:
@@ -227,6 +237,8 @@ def main(args: argparse.Namespace) -> None:
     dataloader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_videos, num_workers=args.dataloader_num_workers
     )
+    # Stops the run when the data yields nothing (instead of skipping forever); warns when many items are skipped.
+    skips = SkipMonitor(len(dataset), reasons=dataset.skipped)
 
     # 6. Resume: model/optimizer/schedule/RNG (accelerate), EMA, counters and data order
     global_step, total_skipped, epoch, start_batch = 0, 0, 0, 0
@@ -270,8 +282,9 @@ def main(args: argparse.Namespace) -> None:
             # Skipped items, summed over processes; a step is dropped everywhere if any process has no data left.
             n = len(batch["text"])
             stats = accelerator.reduce(
-                torch.tensor([batch["num_skipped"], int(n == 0)], device=accelerator.device), reduction="sum"
+                torch.tensor([batch["num_skipped"], int(n == 0), n], device=accelerator.device), reduction="sum"
             )
+            skips.update(used=int(stats[2]), skipped=int(stats[0]))
             if int(stats[0]):
                 total_skipped += int(stats[0])
                 logger.warning(f"Skipped {int(stats[0])} unusable item(s) in this batch ({total_skipped} in total)")
@@ -339,6 +352,8 @@ def main(args: argparse.Namespace) -> None:
             if global_step >= args.max_train_steps:
                 done = True
                 break
+        if not done:
+            skips.end_epoch(epoch)
         epoch, start_batch = epoch + 1, 0
     progress.close()
 

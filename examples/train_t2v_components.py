@@ -156,6 +156,7 @@ def load_dataset(args, seed: int, video_size):
         frame_stride=args.frame_stride,
         seed=seed,
         cache_frames=args.cache_videos,
+        require_captions=not args.class_conditional,
     )
 
 

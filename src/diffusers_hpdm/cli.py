@@ -13,6 +13,16 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_args import (
+    debug_requested,
+    even_positive_int,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
+
 DEFAULT_MODEL = "models/hpdm-shapes-demo"
 DEFAULT_PROMPT = "a red circle moving right slowly on a gray background"
 
@@ -29,6 +39,11 @@ def _load_pipeline(model: str, bf16: bool, compile_blocks: bool = False):
 
     if not Path(model).is_dir():
         raise SystemExit(f"error: --model {model!r} is not a folder; pass a pipeline saved with save_pretrained.")
+    if not (Path(model) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"--model {model!r} has no model_index.json: pass the folder that save_pretrained wrote (it holds "
+            "model_index.json, transformer/, scheduler/, ...), not a sub-folder or a checkpoint-N folder."
+        )
     pipe = HierarchicalPatchPipeline.from_pretrained(model)
     if bf16:
         pipe.transformer.to(torch.bfloat16)
@@ -58,11 +73,13 @@ def _read_video(path: str):
 def cmd_generate(args) -> int:
     import torch
 
-    from .visualize import contact_sheet, save_video
+    from .io_atomic import check_output_path
+    from .visualize import contact_sheet, save_image, save_video
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".mp4", ".gif"):
-        raise SystemExit(f"error: --out must end in .mp4 or .gif, got {out.name!r}.")
+    # Outputs are checked before the model runs: a bad folder fails in a second, not after the whole run.
+    out = check_output_path(args.out, "--out", (".mp4", ".gif"))
+    if args.contact_sheet:
+        check_output_path(args.contact_sheet, "--contact-sheet", (".png", ".jpg", ".jpeg", ".webp"))
     video = _read_video(args.video) if args.video else None
     pipe = _load_pipeline(args.model, args.bf16, args.compile)
     try:
@@ -87,11 +104,11 @@ def cmd_generate(args) -> int:
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    save_video(result.frames[0], out, fps=args.fps)
+    save_video(result.frames[0], out, fps=args.fps)  # atomic and read back: an OSError leaves an old file intact
     print(f"wrote {out} ({result.frames.shape[1]} frames, {result.frames.shape[2]}x{result.frames.shape[3]})")
     if args.contact_sheet:
         sheet = contact_sheet([lv[0] for lv in result.levels])
-        sheet.save(args.contact_sheet)
+        save_image(sheet, args.contact_sheet)
         print(f"wrote {args.contact_sheet} (one row per level, coarse to fine)")
     if args.detect:
         _print_detection(args.prompt, result.frames[0])
@@ -120,7 +137,10 @@ def cmd_make_dataset(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluation.run import evaluate_pipeline
+    from .io_atomic import check_output_path, write_text_atomic
 
+    if args.out:
+        check_output_path(args.out, "--out", (".json",))
     pipe = _load_pipeline(args.model, args.bf16, args.compile)
     report = evaluate_pipeline(
         pipe,
@@ -135,15 +155,29 @@ def cmd_evaluate(args) -> int:
     )
     print(json.dumps(report["summary"], indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        write_text_atomic(args.out, json.dumps(report, indent=2))
         print(f"wrote {args.out}")
     return 0
+
+
+def _vocabulary_epilog() -> str:
+    """What the bundled demo model knows, for ``hpdm generate --help``."""
+    import textwrap
+
+    from .data.synthetic import domain_description
+
+    return (
+        f"The bundled model ({DEFAULT_MODEL}):\n"
+        + textwrap.fill(domain_description(), 100, initial_indent="  ", subsequent_indent="  ")
+        + "\n  Words outside its tokenizer's vocabulary become one unknown token (a warning names them).\n"
+        f'Example:\n  hpdm generate "{DEFAULT_PROMPT}" --out circle.mp4'
+    )
 
 
 def _add_guidance(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance",
-        type=float,
+        type=non_negative_float,
         nargs="+",
         default=[3.0],
         help="CFG scale, or one per level coarse to fine (e.g. 7 3 3)",
@@ -162,9 +196,16 @@ def _add_tiling(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpdm", description="Hierarchical Patch Diffusion Models")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or HPDM_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate a video from a prompt")
+    g = sub.add_parser(
+        "generate",
+        help="generate a video from a prompt",
+        description="Generate a video from a prompt with a saved HierarchicalPatchPipeline.",
+        epilog=_vocabulary_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT)
     g.add_argument("--model", default=DEFAULT_MODEL, help="a saved HierarchicalPatchPipeline folder")
     g.add_argument("--out", default="outputs/video.mp4", help=".mp4 or .gif")
@@ -176,17 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
         "finer levels are sampled",
     )
     g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=32, help="level-0 steps (halved at every finer level)")
+    g.add_argument("--seed", type=non_negative_int, default=0)
+    g.add_argument("--steps", type=positive_int, default=32, help="level-0 steps (halved at every finer level)")
     _add_guidance(g)
-    g.add_argument("--num-frames", type=int, default=None)
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--num-frames", type=positive_int, default=None)
+    g.add_argument("--height", type=positive_int, default=None)
+    g.add_argument("--width", type=positive_int, default=None)
     _add_tiling(g)
-    g.add_argument("--tile-batch-size", type=int, default=16)
-    g.add_argument("--fps", type=int, default=8)
-    g.add_argument("--context-sigma", type=float, default=0.1, help="re-noising of finished levels for the context")
-    g.add_argument("--num-levels", type=int, default=None, help="stop after this many pyramid levels")
+    g.add_argument("--tile-batch-size", type=positive_int, default=16)
+    g.add_argument("--fps", type=positive_int, default=8)
+    g.add_argument(
+        "--context-sigma", type=positive_float, default=0.1, help="re-noising of finished levels for the context"
+    )
+    g.add_argument("--num-levels", type=positive_int, default=None, help="stop after this many pyramid levels")
     g.add_argument("--offload-context", action="store_true", help="keep the context cache on the CPU")
     g.add_argument("--bf16", action="store_true", help="run the transformer in bfloat16")
     g.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks (pays off for many videos)")
@@ -197,34 +240,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("make-dataset", help="write the synthetic moving-shapes text-to-video dataset")
     d.add_argument("output_dir")
-    d.add_argument("--num-videos", type=int, default=2000)
-    d.add_argument("--num-frames", type=int, default=16)
-    d.add_argument("--height", type=int, default=64)
-    d.add_argument("--width", type=int, default=64)
-    d.add_argument("--fps", type=int, default=8)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--num-videos", type=positive_int, default=2000)
+    d.add_argument("--num-frames", type=positive_int, default=16)
+    d.add_argument("--height", type=even_positive_int, default=64)
+    d.add_argument("--width", type=even_positive_int, default=64)
+    d.add_argument("--fps", type=positive_int, default=8)
+    d.add_argument("--seed", type=non_negative_int, default=0)
     d.set_defaults(func=cmd_make_dataset)
 
     e = sub.add_parser("evaluate", help="prompt-following, seams, level consistency and flicker on held-out prompts")
     e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--num-videos", type=int, default=64)
-    e.add_argument("--steps", type=int, default=32)
+    e.add_argument("--num-videos", type=positive_int, default=64)
+    e.add_argument("--steps", type=positive_int, default=32)
     _add_guidance(e)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=non_negative_int, default=0)
     e.add_argument("--bf16", action="store_true")
     e.add_argument(
         "--compile", action="store_true", help="torch.compile the RIN blocks (~1.2-1.4x after up to ~1 min)"
     )
     _add_tiling(e)
-    e.add_argument("--context-sigma", type=float, default=0.1)
+    e.add_argument("--context-sigma", type=positive_float, default=0.1)
     e.add_argument("--out", default=None, help="write the full report as JSON")
     e.set_defaults(func=cmd_evaluate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hpdm``; errors exit with ``error: <message>`` and no traceback unless ``--debug`` / ``HPDM_DEBUG=1``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command(args.func, args, debug_requested(argv) or args.debug)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+
+from .io_atomic import atomic_path, write_bytes_atomic
 
 
 def to_uint8(video: np.ndarray) -> np.ndarray:
@@ -13,21 +19,65 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
     return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def save_video(video: np.ndarray, path: str | Path, fps: int = 8) -> Path:
-    """Write ``(F, H, W, 3)`` floats in ``[0, 1]`` as ``.mp4`` (H.264) or ``.gif``, by extension."""
+def check_fps(fps: int | float) -> int | float:
+    """``fps`` unchanged; a `ValueError` naming it unless it is a finite number > 0."""
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"`fps` must be a finite number > 0 (frames per second, e.g. 8), got {fps!r}.")
+    return fps
+
+
+def _check_frames(expected: int) -> Callable[[Path], None]:
+    """A check for `atomic_path`: the written file decodes to ``expected`` frames."""
+
+    def check(tmp: Path) -> None:
+        from .data.video_dataset import read_frames
+
+        try:
+            found = read_frames(tmp).shape[0]
+        except Exception as error:  # any decoder failure: the file is broken
+            raise OSError(errno.EIO, f"the written video does not decode ({type(error).__name__}: {error})") from None
+        if found != expected:
+            raise OSError(errno.EIO, f"the written video has {found} of {expected} frames (disk full?)")
+
+    return check
+
+
+def save_video(video: np.ndarray, path: str | Path, fps: int | float = 8) -> Path:
+    """Write ``(F, H, W, 3)`` floats in ``[0, 1]`` as ``.mp4`` (H.264) or ``.gif``, by extension.
+
+    The file is written atomically (`io_atomic.atomic_path`) and read back before it replaces ``path``: a failed
+    or truncated write raises an `OSError` and leaves an earlier file at ``path`` intact.
+    """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"Unsupported video extension {path.suffix!r}: use .mp4 or .gif.")
+    fps = check_fps(fps)
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3 or not video.shape[0]:
+        raise ValueError(f"`video` must be (frames, height, width, 3) with at least one frame, got {video.shape}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = to_uint8(video)
-    if path.suffix.lower() == ".gif":
+    if suffix == ".gif":
         images = [PIL.Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    elif path.suffix.lower() == ".mp4":
+        buffer = io.BytesIO()
+        duration = max(1, int(1000 / fps))
+        images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+        write_bytes_atomic(path, buffer.getvalue(), _check_frames(len(frames)))
+    else:
         from diffusers.utils import export_to_video
 
-        export_to_video(list(video), str(path), fps=fps)
-    else:
-        raise ValueError(f"Unsupported video extension {path.suffix!r}: use .mp4 or .gif.")
+        with atomic_path(path, _check_frames(len(frames))) as tmp:
+            export_to_video(list(video), str(tmp), fps=fps)
     return path
+
+
+def save_image(image: PIL.Image.Image, path: str | Path) -> Path:
+    """Write a PIL image (format from the extension) atomically; an earlier file at ``path`` survives a failure."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format=PIL.Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def contact_sheet(levels: list[np.ndarray], max_frames: int = 8, cell: int | None = None) -> PIL.Image.Image:

@@ -60,6 +60,17 @@ def caption(attrs: dict) -> str:
     )
 
 
+def domain_description() -> str:
+    """What a model trained on this domain knows, in one paragraph (model cards, ``hpdm generate --help``)."""
+    return (
+        "Trained only on the synthetic moving-shapes domain: one shape moving along one axis, captioned "
+        "'a COLOUR SHAPE moving DIRECTION SPEED on a BACKGROUND background' with colours "
+        f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; directions {', '.join(DIRECTIONS)}; speeds "
+        f"{', '.join(SPEEDS)}; backgrounds {', '.join(BACKGROUNDS)}. Anything else (people, objects, scenes) "
+        "is outside what it has seen."
+    )
+
+
 def attribute_label(attrs: dict) -> int:
     """Class index of the (colour, shape, direction) triple, in ``[0, 72)``, for class-conditional training."""
     triples = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
@@ -264,10 +275,12 @@ def generate_dataset(
     Returns:
         `Path`: `output_dir`.
     """
-    if height % 2 or width % 2:
-        raise ValueError(f"height and width must be even for yuv420p H.264, got {height}x{width}.")
-    if num_videos < 0 or num_frames < 1:
-        raise ValueError(f"num_videos must be >= 0 and num_frames >= 1, got {num_videos}, {num_frames}.")
+    for name, value in (("num_videos", num_videos), ("num_frames", num_frames), ("fps", fps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
+            raise ValueError(f"`{name}` must be an even integer >= 2 (yuv420p H.264 needs even sizes), got {value!r}.")
     root = Path(output_dir)
     info = {
         "generator_version": _GENERATOR_VERSION,

@@ -18,8 +18,6 @@ in `VideoTextDataset.skipped` live in the process that decoded the item (the mai
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from pathlib import Path
@@ -29,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .metadata import METADATA_FILES, check_rows, read_metadata  # noqa: F401 (METADATA_FILES: re-exported)
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 MEDIA_COLUMNS = ("file_name", "video", "image")
 
 
@@ -248,23 +247,6 @@ def collate_videos(batch: list[dict | None]) -> dict:
     }
 
 
-def _read_metadata(folder: Path) -> list[dict]:
-    for name in METADATA_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if name.endswith(".jsonl"):
-            with open(path) as f:
-                return [json.loads(line) for line in f if line.strip()]
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    raise ValueError(
-        f"No metadata file in {folder}: add `metadata.jsonl` (one JSON object per line) or `metadata.csv` with a "
-        "`file_name` column (media path relative to the folder) and a `text` and/or `label` column, e.g. "
-        '{"file_name": "videos/0001.mp4", "text": "a red circle moving left"}.'
-    )
-
-
 def _check_columns(columns, media_column: str | None, text_column: str, label_column: str, where: str) -> str:
     """The media column to use; a ValueError saying what to add when a required column is missing."""
     candidates = [media_column] if media_column else list(MEDIA_COLUMNS)
@@ -295,6 +277,7 @@ def load_video_dataset(
     text_column: str = "text",
     label_column: str = "label",
     cache_frames: bool = False,
+    require_captions: bool | None = None,
 ) -> VideoTextDataset:
     r"""Open a video/text dataset for training.
 
@@ -304,31 +287,46 @@ def load_video_dataset(
         split (`str`, *optional*): rows whose ``split`` column differs are dropped (metadata folders), or the split
             of a `DatasetDict` / Hub dataset. ``None`` keeps everything.
         media_column (`str`, *optional*): defaults to the first of ``file_name``, ``video``, ``image``.
+        require_captions (`bool`, *optional*): every row must have a non-empty string in `text_column`. Default:
+            when the data has that column. Pass ``False`` for class-conditional training (captions unused).
         Other arguments: see `VideoTextDataset`.
 
     Raises:
-        `ValueError`: no metadata file in the folder, or a required column is missing (the message says which).
+        `ValueError`: no metadata file in the folder, a broken metadata line, a row without a media path or (see
+            ``require_captions``) a caption, or a required column is missing (the message says which and where).
     """
     import datasets
 
     path = Path(path_or_name)
     root = path
+    rows_checked = False
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
         records = datasets.load_from_disk(str(path))
         if isinstance(records, datasets.DatasetDict):
             records = records[split or next(iter(records))]
     elif path.is_dir():
-        rows = _read_metadata(path)
+        rows, source, lines = read_metadata(path)  # every row has every column (None where a row lacks one)
         if split is not None and rows and "split" in rows[0]:
-            rows = [row for row in rows if row.get("split") in (None, split)]
-        columns = set().union(*(row.keys() for row in rows)) if rows else set()
-        _check_columns(columns, media_column, text_column, label_column, f"The metadata in {path}")
+            kept = [i for i, row in enumerate(rows) if row.get("split") in (None, split)]
+            rows, lines = [rows[i] for i in kept], [lines[i] for i in kept]
+        if not rows:
+            raise ValueError(f"{source} has no rows{f' in split {split!r}' if split else ''}: add one per video.")
+        columns = set(rows[0])
+        media = _check_columns(columns, media_column, text_column, label_column, f"The metadata in {path}")
+        captions = text_column if require_captions or (require_captions is None and text_column in columns) else None
+        check_rows(rows, str(source), lines, media, captions)
+        rows_checked = True
         records = datasets.Dataset.from_list(rows)
     else:
         records = datasets.load_dataset(str(path_or_name), split=split or "train")
         root = None
 
     media = _check_columns(records.column_names, media_column, text_column, label_column, f"Dataset {path_or_name}")
+    if not rows_checked:  # save_to_disk / Hub data: the captions (media are checked when decoded)
+        has_text = text_column in records.column_names
+        if require_captions or (require_captions is None and has_text):
+            rows = [{text_column: c} for c in (records[text_column] if has_text else [None] * len(records))]
+            check_rows(rows, f"Dataset {path_or_name}", None, None, text_column)
     feature = records.features.get(media)
     if isinstance(feature, datasets.Video | datasets.Image):  # keep {"path", "bytes"}: we decode ourselves
         records = records.cast_column(media, type(feature)(decode=False))

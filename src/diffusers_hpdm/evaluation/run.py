@@ -75,6 +75,11 @@ def evaluate_pipeline(
         prompt, ``(N, C, F, H, W)`` at a coarse level's size, passed as the pipeline's ``video=`` batch by batch
         (only the finer levels are sampled; its level and the coarser ones are scored as given).
     """
+    for name, value in (("num_videos", num_videos), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    if prompts is not None and (not prompts or not all(isinstance(p, str) for p in prompts)):
+        raise ValueError(f"`prompts` must be a non-empty list of strings, got {prompts!r}.")
     prompts = prompts or evaluation_prompts(num_videos)
     levels: list[list[np.ndarray]] | None = None
     for start in range(0, len(prompts), batch_size):

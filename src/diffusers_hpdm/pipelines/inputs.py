@@ -6,6 +6,8 @@ import torch
 
 from ..geometry import AXES
 from .tiling import BLENDINGS
+from .validation import check_values
+from .vocabulary import warn_unknown_words
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
@@ -13,11 +15,20 @@ OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 def check_inputs(
     pipe, prompt, negative_prompt, class_labels, num_frames, height, width, num_inference_steps, level_steps,
     guidance_scale, num_videos_per_prompt, generator, prompt_embeds, negative_prompt_embeds, overlap_axes, blending,
-    tile_batch_size, num_levels, output_type, callback_tensor_inputs, context_sigma,
+    tile_batch_size, num_levels, output_type, callback_tensor_inputs, context_sigma, *, prompt_attention_mask=None,
+    negative_prompt_attention_mask=None, max_sequence_length=16, callback_on_step_end=None,
 ):  # fmt: skip
-    """Validate the call and return ``(batch_size, last_level, class_labels as a LongTensor or None)``."""
+    """Validate the call and return ``(batch_size, last_level, class_labels as a LongTensor or None)``.
+
+    Value checks (types, finiteness, integers, empty lists, embedding shapes) run first (`validation.check_values`);
+    prompts with words the tokenizer does not know get a warning naming them (`vocabulary.warn_unknown_words`)."""
     cfg = pipe.transformer.config
     sizes = pipe.transformer.level_sizes
+    check_values(
+        pipe, prompt, negative_prompt, class_labels, num_inference_steps, level_steps, guidance_scale,
+        num_videos_per_prompt, generator, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+        negative_prompt_attention_mask, tile_batch_size, context_sigma, max_sequence_length, callback_on_step_end,
+    )  # fmt: skip
 
     # conditioning
     is_text, is_class = bool(cfg.text_embed_dim), bool(cfg.num_classes)
@@ -33,6 +44,9 @@ def check_inputs(
         raise ValueError("This model has no text conditioning: drop `prompt`/`prompt_embeds` and pass `class_labels`.")
     if is_text and prompt_embeds is None and (pipe.text_encoder is None or pipe.tokenizer is None):
         raise ValueError("The pipeline has no `text_encoder`/`tokenizer`: pass `prompt_embeds` instead of `prompt`.")
+    if is_text and getattr(pipe, "tokenizer", None) is not None:
+        warn_unknown_words(pipe.tokenizer, prompt, "prompt", max_sequence_length)
+        warn_unknown_words(pipe.tokenizer, negative_prompt, "negative_prompt", max_sequence_length)
     if class_labels is not None and not is_class:
         raise ValueError("`class_labels` were given but this model is not class-conditional; remove them.")
     if is_class and class_labels is None:

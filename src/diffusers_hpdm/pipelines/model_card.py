@@ -18,6 +18,10 @@ generation in pixel space, packaged for 🧨 Diffusers with the `diffusers_hpdm`
 
 {description}
 
+## What the model knows
+
+{knows}
+
 ## Pyramid
 
 | level | canvas (frames x height x width) | tiles (50% overlap on all axes) | blocks run |
@@ -39,6 +43,9 @@ video = pipe({call_args}, generator=torch.Generator().manual_seed(0)).frames[0]
 export_to_video(list(video), "video.mp4", fps=8)
 ```
 
+Loading a local folder verifies `checksums.json` (the sha256 of every weight file, written by `save_pretrained`):
+corrupted weights raise an error naming the file instead of generating noise.
+
 ## Training
 
 {training}
@@ -47,6 +54,33 @@ export_to_video(list(video), "video.mp4", fps=8)
 
 {metrics}
 """
+
+
+def word_vocabulary(save_dir: str | Path) -> list[str] | None:
+    """The words of a saved word-level tokenizer (``tokenizer/tokenizer.json`` with a ``WordLevel`` model), without
+    its special tokens; ``None`` for subword tokenizers (T5, BPE) or when there is none."""
+    path = Path(save_dir) / "tokenizer" / "tokenizer.json"
+    if not path.is_file():
+        return None
+    model = json.loads(path.read_text()).get("model", {})
+    if model.get("type") != "WordLevel":
+        return None
+    special = {t["content"] for t in json.loads(path.read_text()).get("added_tokens", [])} | {model.get("unk_token")}
+    return sorted(w for w in model.get("vocab", {}) if w not in special and not w.startswith("<"))
+
+
+def knows_section(save_dir: str | Path, domain: str = "", example_prompt: str | None = None) -> str:
+    """The model card's "What the model knows" text: ``domain``, the word-level vocabulary, an example prompt."""
+    parts = [domain.strip()] if domain.strip() else []
+    words = word_vocabulary(save_dir)
+    if words is not None:
+        parts.append(
+            f"Its tokenizer knows {len(words)} words: {', '.join(f'`{w}`' for w in words)}. Any other word becomes "
+            "the same unknown token (the pipeline warns, naming such words), so the model cannot follow it."
+        )
+    if example_prompt:
+        parts.append(f"Example prompt: `{example_prompt}`.")
+    return "\n\n".join(parts) or "Not recorded."
 
 
 def write_model_card(
@@ -59,8 +93,12 @@ def write_model_card(
     metrics: dict | None = None,
     base_model: str | None = None,
     datasets: list[str] | None = None,
+    domain: str = "",
 ) -> Path:
-    """Write ``save_dir/README.md`` for a pipeline saved with ``save_pretrained`` and return its path."""
+    """Write ``save_dir/README.md`` for a pipeline saved with ``save_pretrained`` and return its path.
+
+    ``domain``: what the training data showed (the "What the model knows" section); a word-level tokenizer's
+    vocabulary is listed there too (words outside it reach the model as one unknown token)."""
     from ..geometry import tile_plan
 
     save_dir = Path(save_dir)
@@ -103,6 +141,7 @@ def write_model_card(
             call_args=call_args,
             training=training,
             metrics=metric_text,
+            knows=knows_section(save_dir, domain, example_prompt if is_text else None),
             **{k: cfg.get(k) for k in ("patch_size", "tokenizer_patch", "token_dim", "latent_dim", "num_latents")},
             num_blocks=cfg["num_blocks"],
             levels_per_block=lpb,

@@ -14,10 +14,12 @@ from ..geometry import AXES, context_chain
 from ..hardware import warn_if_bf16_is_emulated
 from ..models import HPDMTransformer, LevelContext
 from ..schedulers import HPDMScheduler
+from .checksums import ChecksumMixin
 from .inputs import check_inputs
 from .pipeline_output import HPDMPipelineOutput
 from .tiled_denoiser import Streams, TiledDenoiser
 from .tiling import TiledCanvas
+from .validation import check_callback_result
 from .video_input import VideoInput, check_video, preprocess_video, video_pyramid
 
 EXAMPLE_DOC_STRING = """
@@ -41,13 +43,17 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class HierarchicalPatchPipeline(DiffusionPipeline):
+class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
     r"""Text- or class-to-video generation with a Hierarchical Patch Diffusion Model.
 
     Level 0 is sampled as one patch. Every later level is tiled with patch-sized windows (50% overlap on
     ``overlap_axes``); at each step all tiles are denoised in batches, their estimates are fused into the canvas and
     the scheduler takes one step on the whole canvas. When a level is finished, one context pass over its tiles (at
     a small ``context_sigma``) fills a cache that every finer tile reads through deep context fusion.
+
+    ``save_pretrained`` writes ``checksums.json`` (sha256 of every weight file) and ``from_pretrained`` of a local
+    folder verifies it first: corrupted weights raise a ``ValueError`` naming the file (``verify_checksums=False``
+    loads them anyway).
 
     With ``video=``, a given clip stands in for the level of its size and only the finer levels are sampled
     (video super-resolution, DESIGN §8).
@@ -233,6 +239,8 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
             self, prompt, negative_prompt, class_labels, num_frames, height, width, num_inference_steps, level_steps,
             guidance_scale, num_videos_per_prompt, generator, prompt_embeds, negative_prompt_embeds, overlap_axes,
             blending, tile_batch_size, num_levels, output_type, callback_on_step_end_tensor_inputs, context_sigma,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
+            max_sequence_length=max_sequence_length, callback_on_step_end=callback_on_step_end,
         )  # fmt: skip
         video_level = -1  # the level of the given video (-1: none; every level is sampled)
         if video is not None:
@@ -346,6 +354,7 @@ class HierarchicalPatchPipeline(DiffusionPipeline):
                 if callback is not None:
                     local = {"latents": latents, "prompt_embeds": embeds}
                     result = callback(self, first_step + i, t, {k: local[k] for k in callback_inputs})
+                    result = check_callback_result(result, latents)
                     latents = result.pop("latents", latents)
                 progress_bar.update()
         return latents

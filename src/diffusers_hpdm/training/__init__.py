@@ -17,13 +17,19 @@ from .lamb import Lamb
 from .loss import HPDMLossOutput, hpdm_loss
 from .norms import clip_grad_norm_
 from .params import freeze_parameters, lamb_param_groups, unused_parameters
+from .resume import check_checkpoint, read_training_state
 from .rng import sample_generators, stream_seed
 from .sampler import ShardedBatchSampler
+from .skips import NoUsableDataError, SkipMonitor
 
 __all__ = [
     "EMA",
     "HPDMLossOutput",
     "Lamb",
+    "NoUsableDataError",
+    "SkipMonitor",
+    "check_checkpoint",
+    "read_training_state",
     "PromptEncoder",
     "ShardedBatchSampler",
     "TRAINING_STATE_NAME",

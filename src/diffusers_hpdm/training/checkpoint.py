@@ -4,6 +4,13 @@ A checkpoint exists only once its directory has its final name, and a rename wit
 a process killed at any moment (even SIGKILL while writing) leaves either the previous complete checkpoints or a
 ``*.tmp`` directory that `list_checkpoints` (and so ``--resume_from_checkpoint latest``) ignores and the next run
 removes. Old checkpoints are pruned only *after* a new one is committed.
+
+Re-saving an existing step takes two renames (``checkpoint-N`` -> ``checkpoint-N.tmp.old``, then
+``checkpoint-N.tmp`` -> ``checkpoint-N``): between them the complete previous copy lives under the ``.old`` name,
+which `list_checkpoints` counts as step N and `remove_incomplete` renames back. Pruning renames a checkpoint to
+``checkpoint-N.tmp.del`` before deleting it, so a kill mid-delete never leaves a ``checkpoint-N`` with some of its
+files. So at every instant every committed step has one complete copy (tests/test_bad_input_training.py kills a
+save at each of its file-system operations).
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from pathlib import Path
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = TMP_SUFFIX + ".old"  # the previous copy of a step being re-saved
+DELETE_SUFFIX = TMP_SUFFIX + ".del"  # a checkpoint being pruned
 TRAINING_STATE_NAME = "training_state.json"
 _NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+_OLD_NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+){re.escape(OLD_SUFFIX)}$")
 
 
 def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
@@ -27,16 +37,20 @@ def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Complete checkpoints ``(step, path)``, oldest first: directories named exactly ``checkpoint-N`` that hold a
-    ``training_state.json`` (written last, before the rename)."""
+    ``training_state.json`` (written last, before the rename), and the previous copy ``checkpoint-N.tmp.old`` of a
+    step whose re-save was interrupted between its two renames."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = []
+    found, orphans = {}, {}
     for child in root.iterdir():
-        m = _NAME.match(child.name)
-        if m and child.is_dir() and (child / TRAINING_STATE_NAME).is_file():
-            found.append((int(m.group(1)), child))
-    return sorted(found)
+        if not (child.is_dir() and (child / TRAINING_STATE_NAME).is_file()):
+            continue
+        if m := _NAME.match(child.name):
+            found[int(m.group(1))] = child
+        elif m := _OLD_NAME.match(child.name):
+            orphans[int(m.group(1))] = child
+    return sorted({**orphans, **found}.items())  # a step's committed copy wins over its previous one
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -64,15 +78,32 @@ def resolve_checkpoint(output_dir: str | os.PathLike, resume_from: str | None) -
 
 
 def remove_incomplete(output_dir: str | os.PathLike) -> list[Path]:
-    """Delete ``checkpoint-*.tmp`` leftovers of interrupted saves (main process, before training)."""
+    """Clean up after interrupted saves (main process, before training): a ``checkpoint-N.tmp.old`` whose
+    ``checkpoint-N`` is missing is renamed back to it (it is that step's only complete copy); other
+    ``checkpoint-*.tmp*`` leftovers are deleted. Returns the deleted paths."""
     root = Path(output_dir)
     removed = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith(CHECKPOINT_PREFIX) and child.name.endswith((TMP_SUFFIX, TMP_SUFFIX + ".old")):
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(child)
+    if not root.is_dir():
+        return removed
+    for child in sorted(root.iterdir()):
+        m = _OLD_NAME.match(child.name)
+        final = checkpoint_path(root, int(m.group(1))) if m else None
+        if final is not None and not final.exists() and (child / TRAINING_STATE_NAME).is_file():
+            os.replace(child, final)
+            _fsync_dir(root)
+    for child in root.iterdir():
+        if child.name.startswith(CHECKPOINT_PREFIX) and child.name.endswith((TMP_SUFFIX, OLD_SUFFIX, DELETE_SUFFIX)):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
     return removed
+
+
+def _delete_checkpoint(path: Path) -> None:
+    """Rename out of sight first (atomic), then delete: a kill mid-delete leaves only a ``.tmp.del`` folder."""
+    doomed = path.with_name(path.name + DELETE_SUFFIX)
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
@@ -83,7 +114,7 @@ def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) ->
         raise ValueError(f"checkpoints_total_limit must be >= 1, got {total_limit}.")
     old = [path for _, path in list_checkpoints(output_dir)][:-total_limit]
     for path in old:
-        shutil.rmtree(path, ignore_errors=True)
+        _delete_checkpoint(path)
     return old
 
 
@@ -110,16 +141,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def commit_directory(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and atomically give it the name ``final`` (replacing an existing ``final``)."""
+    """fsync ``tmp`` and atomically give it the name ``final`` (replacing an existing ``final``).
+
+    Re-saving: ``final`` is first renamed to ``final.tmp.old`` (still listed as the step by `list_checkpoints`),
+    then ``tmp`` becomes ``final``, then the old copy is deleted."""
     _fsync_tree(tmp)
-    old = None
+    old = final.with_name(final.name + OLD_SUFFIX)
     if final.exists():  # re-saving a step (e.g. after resuming from an earlier checkpoint)
-        old = final.with_name(final.name + TMP_SUFFIX + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        if old.exists():  # a stale copy; `final` is complete, so it is not the step's only one
+            shutil.rmtree(old)
         os.replace(final, old)
+        _fsync_dir(final.parent)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-    if old is not None:
+    if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
 
