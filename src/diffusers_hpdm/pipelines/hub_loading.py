@@ -21,7 +21,7 @@ from pathlib import Path
 
 LOADER_MODULE = "hpdm_pipeline"
 PIPELINE_CLASS = "HierarchicalPatchPipeline"
-INSTALL = "pip install -c requirements.lock <a checkout of the diffusers_hpdm repository>"
+INSTALL = "pip install -c requirements.lock . in the root of a diffusers_hpdm checkout (it is not on PyPI)"
 
 LOADER_SOURCE = '''"""Loads `diffusers_hpdm.HierarchicalPatchPipeline` for `DiffusionPipeline.from_pretrained(...,
 trust_remote_code=True)`. Written by `HierarchicalPatchPipeline.save_pretrained`; it holds no model code."""
