@@ -21,6 +21,8 @@ logger = logging.get_logger(__name__)
 
 SAMPLERS = ("heun", "euler")
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
+# Config keys that define the denoiser and the grid, shared by name with diffusers' EDM schedulers (`compatibles`).
+DENOISER_KEYS = ("sigma_min", "sigma_max", "sigma_data", "rho", "prediction_type", "num_train_timesteps")
 
 
 @dataclass
@@ -147,6 +149,11 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
             raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}.")
         # JSON turns tuples into lists: store lists so that a save/load round trip gives an identical config.
         self.register_to_config(level_growth=[int(g) for g in level_growth], churn_levels=list(churn_levels))
+        # `from_config` of another class drops the keys listed in `_use_default_values` (they take that class's
+        # defaults): the denoiser's parameters must travel even when left at ours (EDMEulerScheduler's default
+        # prediction_type is epsilon, which would silently misread a v-prediction model).
+        defaults = [k for k in self.config.get("_use_default_values", []) if k not in DENOISER_KEYS]
+        self.register_to_config(_use_default_values=defaults)
         self.num_inference_steps: int | None = None
         self.level, self.sampler = 0, None
         self.sigmas: torch.Tensor | None = None  # (n + 1,) float64 grid on the CPU, trailing 0
