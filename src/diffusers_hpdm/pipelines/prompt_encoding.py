@@ -39,23 +39,16 @@ class PromptEncodingMixin:
             raise ValueError("Pass `prompt` (text) or `prompt_embeds` to `encode_prompt`.")
         device = device or self._execution_device
 
-        def encode(text):
-            text = [text] if isinstance(text, str) else list(text)
-            ids = self.tokenizer(
-                text, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
-            )
-            mask = ids.attention_mask.to(device)
-            embeds = self.text_encoder(ids.input_ids.to(device), attention_mask=mask).last_hidden_state
-            return embeds, mask.bool()
-
         if prompt_embeds is None:
-            prompt_embeds, prompt_attention_mask = encode(prompt)
+            prompt_embeds, prompt_attention_mask = self._encode_text(prompt, max_sequence_length, device)
         if prompt_attention_mask is None:
             prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.bool, device=prompt_embeds.device)
         if do_classifier_free_guidance and negative_prompt_embeds is None and negative_prompt is not None:
             if isinstance(negative_prompt, str):
                 negative_prompt = [negative_prompt] * prompt_embeds.shape[0]
-            negative_prompt_embeds, negative_prompt_attention_mask = encode(negative_prompt)
+            negative_prompt_embeds, negative_prompt_attention_mask = self._encode_text(
+                negative_prompt, max_sequence_length, device
+            )
         if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
             negative_prompt_attention_mask = torch.ones(
                 negative_prompt_embeds.shape[:2], dtype=torch.bool, device=negative_prompt_embeds.device
@@ -65,3 +58,15 @@ class PromptEncodingMixin:
         negative_prompt_embeds = rep(negative_prompt_embeds)
         negative_prompt_attention_mask = rep(negative_prompt_attention_mask)
         return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+
+    def _encode_text(
+        self, text: str | list[str], max_sequence_length: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embeddings (B, S, E), bool mask (B, S))`` of the text encoder, padded to ``max_sequence_length``."""
+        text = [text] if isinstance(text, str) else list(text)
+        ids = self.tokenizer(
+            text, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
+        )
+        mask = ids.attention_mask.to(device)
+        embeds = self.text_encoder(ids.input_ids.to(device), attention_mask=mask).last_hidden_state
+        return embeds, mask.bool()
