@@ -8,7 +8,7 @@ the same final video size for both models:
   voxel), same tokenizer, same widths.
 
 One training step = (HPDM: draw nested boxes and cut the patches out of the video) + sigmas from
-``sample_training_sigmas``, ``add_noise``, ``training_target``, ``precondition`` + forward + MSE on ``v`` (summed over
+``sample_training_sigmas``, ``add_noise_at_sigmas``, ``training_target``, ``precondition`` + forward + MSE on ``v`` (summed over
 levels) + backward + AdamW step. Throughput is timed interleaved in one process; peak memory is the peak RSS
 (``VmHWM``, reset after imports) of a fresh subprocess per configuration at batch size 1 (as the paper's table 1),
 minus the interpreter's RSS after imports.
@@ -105,7 +105,7 @@ class Trainer:
             x0 = self.videos[:, None]
         sigmas = sched.sample_training_sigmas(B, L, generator=g)  # (B, L)
         noise = torch.randn(x0.shape, generator=g)
-        x_noisy = sched.add_noise(x0, noise, sigmas)
+        x_noisy = sched.add_noise_at_sigmas(x0, noise, sigmas)
         target = sched.training_target(x0, noise, sigmas)
         _, _, c_in, c_noise = sched.precondition(sigmas)
         out = self.model(

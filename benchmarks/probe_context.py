@@ -125,7 +125,7 @@ def context_usage(pipe, prompts: list[str], args, sigmas_1=(0.5, 2.0, 8.0), sigm
     for s1 in sigmas_1:
         sig = torch.tensor([sigma_0, s1]).expand(len(prompts), 2)  # (N, 2)
         noise = torch.randn(x0.shape, generator=g)
-        x_noisy = sch.add_noise(x0, noise, sig)
+        x_noisy = sch.add_noise_at_sigmas(x0, noise, sig)
         c_skip, c_out, c_in, c_noise = (sch.broadcast_sigma(c, x_noisy) for c in sch.precondition(sig))
         errors = []
         for shuffle in (False, True):

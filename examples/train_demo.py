@@ -44,6 +44,8 @@ BASE_ARGS = [
 # ImageNet-64 churn (s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.003) was compared on 24 held-out videos with
 # seeds 1000-1023 (not the evaluation seeds): direction 12% vs 29%, colour 92% for both, so churn stays off.
 SAMPLER = dict(s_churn=0.0)
+# The card's sample is `make demo`'s video: this prompt, seed 0, smooth tile blending, the pipeline's defaults.
+DEMO_PROMPT = "a red circle moving right slowly on a gray background"
 # The fine-tune reuses the base's scheduler, and with it the high-noise share of every batch.
 FINETUNE_ARGS = [
     "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "20", "--ema_half_life", "100",
@@ -96,8 +98,25 @@ def export(trained: Path, output_dir: str) -> None:
     pipe.save_pretrained(output_dir)
 
 
+def card_sample(output_dir: str) -> tuple[list[str], str]:
+    """Write the card's sample into ``output_dir`` (``make demo``'s video as a gif, every level as a contact sheet)
+    and return the file names and their caption."""
+    import torch
+
+    from diffusers_hpdm import HierarchicalPatchPipeline, write_card_sample
+
+    pipe = HierarchicalPatchPipeline.from_pretrained(output_dir)
+    out = pipe(DEMO_PROMPT, blending="smooth", generator=torch.Generator().manual_seed(0), return_levels=True)
+    files = write_card_sample([level[0] for level in out.levels], output_dir)
+    caption = (
+        f'`make demo`: "{DEMO_PROMPT}", seed 0, `blending="smooth"`, the pipeline\'s defaults otherwise (32 level-0 '
+        "steps, guidance 3). Left: the 16x64x64 output (shown 2x); right: every level, coarse to fine."
+    )
+    return list(files), caption
+
+
 def finish_card(args, summary: dict) -> None:
-    """Rewrite the model card with the exact commands and the measured metrics."""
+    """Rewrite the model card with the exact commands, the measured metrics and a sample of the output."""
     from diffusers_hpdm import write_model_card
     from diffusers_hpdm.data.synthetic import domain_description
 
@@ -122,6 +141,7 @@ def finish_card(args, summary: dict) -> None:
         f"adaptation), cosine schedule, EMA, conditioning dropout 0.1 (none for samples above sigma 10), fp32.\n\n"
         f"Base: `{shlex.join(BASE_ARGS)}`; fine-tune: `{shlex.join(FINETUNE_ARGS)}`."
     )
+    files, caption = card_sample(args.output_dir)
     write_model_card(
         args.output_dir,
         domain=domain_description(),
@@ -137,10 +157,14 @@ def finish_card(args, summary: dict) -> None:
             "measured on attribute combinations never seen in training, with the pipeline's defaults; "
             "docs/evaluation.md and docs/direction.md have the diagnosis and what was tried."
         ),
-        example_prompt="a red circle moving right slowly on a gray background",
+        example_prompt=DEMO_PROMPT,
         training=training,
         metrics=metrics,
         datasets=["synthetic-moving-shapes"],
+        install="# in the root of this repository (the folder that holds models/); requirements.lock pins every "
+        "dependency\npip install -c requirements.lock .",
+        sample=files,
+        sample_caption=caption,
     )
 
 

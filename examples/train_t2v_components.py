@@ -11,7 +11,14 @@ from pathlib import Path
 from accelerate.logging import get_logger
 from diffusers.utils import export_to_video
 
-from diffusers_hpdm import PRESETS, HierarchicalPatchPipeline, HPDMScheduler, HPDMTransformer, write_model_card
+from diffusers_hpdm import (
+    PRESETS,
+    HierarchicalPatchPipeline,
+    HPDMScheduler,
+    HPDMTransformer,
+    write_card_sample,
+    write_model_card,
+)
 from diffusers_hpdm.data import load_video_dataset
 from diffusers_hpdm.geometry import level_sizes
 from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
@@ -226,6 +233,17 @@ def write_card(args, model_config: dict, summary: str, videos: list[str]) -> Non
         + f".\n\n{summary}."
     )
     prompt = args.validation_prompts[0] if args.validation_prompts else "a red circle moving right"
+    sample, caption = None, ""
+    if videos:  # the last validation's first video (EMA weights) as the card's sample
+        import imageio.v3 as iio
+
+        frames = iio.imread(videos[0], plugin="pyav").astype("float32") / 255  # (F, H, W, 3)
+        sample = write_card_sample([frames], args.output_dir)[0]
+        condition = args.validation_class_labels[0] if args.class_conditional else repr(prompt)
+        caption = (
+            f"Validation sample at the end of training: {condition}, {args.validation_inference_steps} level-0 "
+            f"steps, guidance {args.validation_guidance_scale}."
+        )
     write_model_card(
         args.output_dir,
         repo_id=args.hub_model_id,
@@ -235,6 +253,8 @@ def write_card(args, model_config: dict, summary: str, videos: list[str]) -> Non
         example_prompt=prompt,
         training=training,
         base_model=base if base and not os.path.exists(base) else None,
+        sample=sample,
+        sample_caption=caption,
     )
 
 

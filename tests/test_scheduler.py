@@ -61,7 +61,7 @@ def test_denoise_of_exact_target_recovers_x0(sigma, kind):
     x0, eps = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
     sigmas = torch.full((3,), sigma, dtype=torch.float64)
     target = scheduler.training_target(x0, eps, sigmas)
-    x0_hat = scheduler.denoise(target, scheduler.add_noise(x0, eps, sigmas), sigmas)
+    x0_hat = scheduler.denoise(target, scheduler.add_noise_at_sigmas(x0, eps, sigmas), sigmas)
     # float64, a few roundings each in noising, target and denoising, at the noisy sample's scale (x0 + sigma eps
     # cancels back to x0)
     assert_close_rounding(x0_hat, x0, 8, x0.abs().max() + sigma * eps.abs().max())
@@ -103,7 +103,7 @@ def test_identity_with_per_level_sigmas(dtype):
     x0 = torch.randn(3, 4, 2, 2, 3, 5, generator=g, dtype=dtype)  # (B, L, C, F, H, W)
     eps = torch.randn(x0.shape, generator=g, dtype=dtype)
     sigmas = scheduler.sample_training_sigmas(3, 4, generator=g, dtype=dtype)  # (B, L)
-    x_noisy = scheduler.add_noise(x0, eps, sigmas)
+    x_noisy = scheduler.add_noise_at_sigmas(x0, eps, sigmas)
     scale = x0.abs().max() + sigmas.max() * eps.abs().max()  # the noisy sample's
     assert_close_rounding(x_noisy[1, 2], x0[1, 2] + sigmas[1, 2] * eps[1, 2], 2, scale)  # a product and a sum
     x0_hat = scheduler.denoise(scheduler.training_target(x0, eps, sigmas), x_noisy, sigmas)
@@ -387,8 +387,8 @@ def test_bad_set_timesteps_arguments_raise(config, call, match):
         HPDMScheduler(**config).set_timesteps(**call)
 
 
-def test_sampling_before_set_timesteps_raises():
-    with pytest.raises(ValueError, match="set_timesteps"):
+def test_step_with_a_timestep_not_in_the_schedule_raises():
+    with pytest.raises(ValueError, match="not in scheduler.timesteps"):
         HPDMScheduler().step(torch.zeros(1), 0.0, torch.zeros(1))
 
 

@@ -511,6 +511,9 @@ def test_resume_is_exact(train_script, micro_data, tmp_path):
     final = load_file(straight / "transformer" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(final[k], ema[k]) for k in ema)
     assert (straight / "README.md").read_text().startswith("---")
+    # the final save loads generically, and the card embeds the last validation video (the resumed run has one)
+    assert (straight / "hpdm_pipeline.py").is_file() and (resumed / "sample.gif").is_file()
+    assert "](sample.gif)" in (resumed / "README.md").read_text()
     assert (a / "text_encoder" / "config.json").is_file() and (resumed / "validation" / "step-6" / "00.mp4").is_file()
 
 

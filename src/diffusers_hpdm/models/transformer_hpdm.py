@@ -19,7 +19,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, apply_lora_scale
 from einops import rearrange
 from torch import nn
 
@@ -504,6 +504,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
     # forwards
     # ----------------------------------------------------------------------------------------------------------
 
+    @apply_lora_scale("attention_kwargs")
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -516,6 +517,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         level: int | None = None,
         context: list[LevelContext] | None = None,
         context_indices: list[torch.Tensor] | None = None,
+        attention_kwargs: dict | None = None,
         return_dict: bool = True,
     ) -> HPDMTransformerOutput | tuple[torch.Tensor]:
         r"""
@@ -533,6 +535,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             context_indices: per coarser level, ``(N,)`` index of the cached tile each tile reads; default: the
                 nested chain of most-centred containers (``geometry.context_chain``). Pass them whenever the cache
                 holds several videos or guidance streams: the default matches boxes only and takes the first.
+            attention_kwargs: diffusers' convention; ``scale`` is the LoRA scale of loaded PEFT adapters (applied by
+                ``apply_lora_scale`` around the call, as in diffusers' transformers).
         """
         if hidden_states.ndim == 6:
             out = self._forward_joint(
@@ -671,6 +675,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         return self._detokenize(tokens, t_emb), None
 
     @torch.no_grad()
+    @apply_lora_scale("attention_kwargs")
     def compute_context(
         self,
         hidden_states: torch.Tensor,
@@ -683,6 +688,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         drop_conditioning: torch.Tensor | None = None,
         context: list[LevelContext] | None = None,
         context_indices: list[torch.Tensor] | None = None,
+        attention_kwargs: dict | None = None,
     ) -> LevelContext:
         """The context a finished level leaves for finer ones: one pass over its tiles (same inputs as the level
         forward) that records, per block, the projected input activations the finer levels will read. Blocks that

@@ -15,9 +15,11 @@ from ..hardware import warn_if_bf16_is_emulated
 from ..models import HPDMTransformer, LevelContext
 from ..schedulers import HPDMScheduler
 from .checksums import ChecksumMixin
+from .hub_loading import HubLoadingMixin
 from .inputs import check_inputs
 from .pipeline_output import HPDMPipelineOutput
-from .tiled_denoiser import Streams, TiledDenoiser
+from .prompt_encoding import PromptEncodingMixin
+from .tiled_denoiser import Conditioning, TiledDenoiser
 from .tiling import TiledCanvas
 from .validation import check_callback_result
 from .video_input import VideoInput, check_video, preprocess_video, video_pyramid
@@ -30,6 +32,7 @@ EXAMPLE_DOC_STRING = """
         >>> from diffusers_hpdm import HierarchicalPatchPipeline
 
         >>> pipe = HierarchicalPatchPipeline.from_pretrained("models/hpdm-shapes-demo")
+        >>> # the same pipeline, class read from the folder: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
         >>> out = pipe("a red circle moving right slowly on a gray background", num_inference_steps=16,
         ...            generator=torch.Generator().manual_seed(0), return_levels=True)
         >>> export_to_video(list(out.frames[0]), "circle.mp4", fps=8)
@@ -43,7 +46,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
+class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMixin, DiffusionPipeline):
     r"""Text- or class-to-video generation with a Hierarchical Patch Diffusion Model.
 
     Level 0 is sampled as one patch. Every later level is tiled with patch-sized windows (50% overlap on
@@ -58,6 +61,10 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
     With ``video=``, a given clip stands in for the level of its size and only the finer levels are sampled
     (video super-resolution, DESIGN §8).
 
+    ``save_pretrained`` also writes ``hpdm_pipeline.py`` (an import of this class) and names it in
+    ``model_index.json``, so that ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads the
+    folder; ``HierarchicalPatchPipeline.from_pretrained(folder)`` needs no remote code (``hub_loading``).
+
     Args:
         transformer: the ``HPDMTransformer``.
         scheduler: an ``HPDMScheduler``.
@@ -67,7 +74,7 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->transformer"
     _optional_components = ["text_encoder", "tokenizer"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
@@ -97,58 +104,50 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
 
     @property
     def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` in a callback to stop: no further step, no finer level is started."""
         return self._interrupt
+
+    @property
+    def num_timesteps(self) -> int:
+        """Model evaluations of the whole call, every level up to the last one (given levels included): callback
+        step indices run from 0 to ``num_timesteps - 1``."""
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self) -> torch.Tensor | None:
+        """The timestep (``c_noise``) being evaluated; ``None`` outside the denoising loops."""
+        return self._current_timestep
+
+    @property
+    def current_level(self) -> int | None:
+        """The level being sampled; ``None`` outside the denoising loops."""
+        return self._current_level
+
+    @property
+    def attention_kwargs(self) -> dict | None:
+        return self._attention_kwargs
 
     # ----------------------------------------------------------------------------------------------------------
 
-    def encode_prompt(
+    def prepare_latents(
         self,
-        prompt: str | list[str] | None,
-        negative_prompt: str | list[str] | None = None,
-        do_classifier_free_guidance: bool = True,
-        num_videos_per_prompt: int = 1,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        prompt_attention_mask: torch.Tensor | None = None,
-        negative_prompt_attention_mask: torch.Tensor | None = None,
-        max_sequence_length: int = 16,
-        device: torch.device | None = None,
-    ):
-        """Text embeddings ``(B * num_videos_per_prompt, S, E)`` and masks; negatives are ``None`` when no negative
-        prompt is given (the model's learned null conditioning is then the unconditional branch)."""
-        device = device or self._execution_device
-
-        def encode(text):
-            text = [text] if isinstance(text, str) else list(text)
-            ids = self.tokenizer(
-                text, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
+        shape: tuple[int, ...],
+        sigma: float,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """A level's initial canvas ``sigma * eps`` ``(B, C, F, H, W)``: ``eps`` is ``latents`` (unit-variance noise,
+        as diffusers' EDM pipelines take it) or is drawn from ``generator``."""
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device, dtype=dtype) * sigma
+        if tuple(latents.shape) != tuple(shape):
+            raise ValueError(
+                f"`latents` must be level 0's noise of shape {tuple(shape)} (videos, channels, frames, height, "
+                f"width), got {tuple(latents.shape)}."
             )
-            mask = ids.attention_mask.to(device)
-            embeds = self.text_encoder(ids.input_ids.to(device), attention_mask=mask).last_hidden_state
-            return embeds, mask.bool()
-
-        if prompt_embeds is None:
-            prompt_embeds, prompt_attention_mask = encode(prompt)
-        if prompt_attention_mask is None:
-            prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.bool, device=prompt_embeds.device)
-        if do_classifier_free_guidance and negative_prompt_embeds is None and negative_prompt is not None:
-            if isinstance(negative_prompt, str):
-                negative_prompt = [negative_prompt] * prompt_embeds.shape[0]
-            negative_prompt_embeds, negative_prompt_attention_mask = encode(negative_prompt)
-        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
-            negative_prompt_attention_mask = torch.ones(
-                negative_prompt_embeds.shape[:2], dtype=torch.bool, device=negative_prompt_embeds.device
-            )
-        rep = lambda t: None if t is None else t.repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
-        return (
-            rep(prompt_embeds),
-            rep(prompt_attention_mask),
-            rep(negative_prompt_embeds),
-            rep(negative_prompt_attention_mask),
-        )
-
-    def prepare_latents(self, shape, sigma, dtype, device, generator) -> torch.Tensor:
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype) * sigma
+        return latents.to(device=device, dtype=dtype) * sigma
 
     # ----------------------------------------------------------------------------------------------------------
 
@@ -167,6 +166,7 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
         guidance_scale: float | list[float] = 3.0,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -182,6 +182,7 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         return_levels: bool = False,
+        attention_kwargs: dict | None = None,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int = 16,
@@ -212,6 +213,14 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
                 one ``w`` per level, coarse to fine: level 0 decides the layout and the motion, the finer levels
                 only add detail, and a scale that helps one can hurt the other (docs/evaluation.md).
             generator: one generator, or a list with one per video (then video ``i`` depends only on generator ``i``).
+                Every draw takes it in this order: per level, coarse to fine, the level's initial noise (level 0's
+                unless ``latents`` is given), its churn noise (``s_churn > 0``), then the re-noising of the finished
+                level for the context pass.
+            latents: level 0's initial noise ``eps`` ``(B * num_videos_per_prompt, C, F_0, H_0, W_0)``, unit
+                variance: the canvas starts at ``scheduler.init_noise_sigma * latents``. The finer levels draw theirs
+                from ``generator``; so ``latents=randn_tensor(shape, generator=g)`` followed by ``generator=g``
+                reproduces the call with ``generator=g`` alone, bit for bit. Not with ``video=`` (no level 0 is
+                sampled there).
             overlap_axes: axes with 50% tile overlap (subset of ``("f", "h", "w")``).
             blending: ``"uniform"`` (paper) or ``"smooth"`` window weights when fusing tiles.
             shift_tiles: alternate, from one model evaluation to the next, between the tile plan and the plan moved
@@ -224,10 +233,17 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
                 re-noised for the context pass: the fine levels were trained on noisy coarse context.
             num_levels: stop after this many levels (alternative to giving a coarser size).
             output_type: ``"np"``, ``"pil"``, ``"pt"`` or ``"latent"`` (the raw ``[-1, 1]`` canvas).
+            attention_kwargs: passed to every transformer call (``scale``: the LoRA scale of loaded adapters).
             return_levels: also return every level's videos (with ``video=``: the given level and, under it, its
                 downsamplings, as the context saw them).
-            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict``; may replace ``latents``
-                (the current level's canvas ``(B, C, F, H, W)``).
+            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict``, called after every model
+                evaluation (``step`` in ``[0, pipe.num_timesteps)``, over all levels). ``callback_kwargs`` holds the
+                names of ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``; any of
+                ``_callback_tensor_inputs``); each one returned replaces its tensor from the next evaluation on:
+                ``latents`` (the current level's canvas ``(B, C, F, H, W)``), ``prompt_embeds`` /
+                ``negative_prompt_embeds`` (``(B, S, E)``, same shape; ``negative_prompt_embeds`` is ``None``
+                when the learned null conditioning is the unconditional branch). Finished levels' cached context
+                keeps the conditioning it was computed with. Set ``pipe._interrupt = True`` to stop.
         Returns:
             ``HPDMPipelineOutput`` (or ``(frames,)`` / ``(frames, levels)`` when ``return_dict=False``).
         """
@@ -243,11 +259,15 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
             max_sequence_length=max_sequence_length, callback_on_step_end=callback_on_step_end,
         )  # fmt: skip
         video_level = -1  # the level of the given video (-1: none; every level is sampled)
+        if latents is not None and video is not None:
+            raise ValueError("`latents` is level 0's initial noise, but with `video=` level 0 is given: drop one.")
         if video is not None:
             video = preprocess_video(video, cfg.in_channels)  # (B_v, C, F, H, W) in [-1, 1]
             video_level = check_video(video, cfg, last_level, batch)
         self._guidance_scale = list(guidance_scale) if isinstance(guidance_scale, (list, tuple)) else guidance_scale
         self._interrupt = False
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = self._current_level = None
         device = self._execution_device
         num_videos = batch * num_videos_per_prompt
         warn_if_bf16_is_emulated(tm.dtype, device)  # bf16 on a CPU without AVX512-BF16/AMX is several times slower
@@ -264,10 +284,10 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
             neg_embeds = None if neg_embeds is None else neg_embeds.to(device, tm.dtype)
         if class_labels is not None:
             labels = class_labels.to(device).repeat_interleave(num_videos_per_prompt)
-        streams = Streams.build(
+        conditioning = Conditioning(
             embeds, mask, neg_embeds, neg_mask, labels, num_videos, device, self.do_classifier_free_guidance
         )
-        denoiser = TiledDenoiser(tm, self.scheduler, streams, tile_batch_size)
+        denoiser = TiledDenoiser(tm, self.scheduler, conditioning, tile_batch_size, attention_kwargs)
 
         # 3. The given video (super-resolution): it and its downsamplings stand in for levels 0..video_level
         sizes = tm.level_sizes
@@ -280,7 +300,12 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
             per_video = num_videos // video.shape[0]  # one video for all, or one per prompt
             given = video_pyramid(video.repeat_interleave(per_video, dim=0), sizes[: video_level + 1])
 
-        # 4. Levels, coarse to fine
+        # 4. Levels, coarse to fine (step indices run over every level's evaluations)
+        evaluations = []
+        for level in range(last_level + 1):
+            self.scheduler.set_timesteps(num_inference_steps, level=level, device=device, level_steps=level_steps)
+            evaluations.append(len(self.scheduler.timesteps))
+        self._num_timesteps = sum(evaluations)
         context: list[LevelContext] = []
         ctx_inputs, chains_boxes, levels_out = [], [], []
         step_count = 0
@@ -302,12 +327,15 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
                 step_count += len(self.scheduler.timesteps)
             else:
                 shape = (num_videos, cfg.in_channels, *sizes[level])
-                latents = self.prepare_latents(shape, self.scheduler.init_noise_sigma, canvas_dtype, device, generator)
+                noise = latents if level == 0 else None
+                latents = self.prepare_latents(
+                    shape, self.scheduler.init_noise_sigma, canvas_dtype, device, generator, noise
+                )
 
                 # 5. Denoising loop: fuse the tiles' denoised estimates, one scheduler step on the whole canvas
                 latents = self._denoising_loop(
                     latents, level, denoiser, tilers, chains, context if reuse_context else None, ctx_inputs,
-                    generator, step_count, callback_on_step_end, callback_on_step_end_tensor_inputs, embeds,
+                    generator, step_count, callback_on_step_end, callback_on_step_end_tensor_inputs,
                 )  # fmt: skip
                 step_count += len(self.scheduler.timesteps)
             levels_out.append(latents)
@@ -324,6 +352,7 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
                     context.append(ctx.to("cpu") if offload_context else ctx)
 
         # 7. Post-process
+        self._current_timestep = self._current_level = None
         self.maybe_free_model_hooks()
         frames = self._postprocess(levels_out[-1], output_type)
         levels = [self._postprocess(v, output_type) for v in levels_out] if return_levels else None
@@ -333,16 +362,18 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
 
     def _denoising_loop(
         self, latents, level, denoiser, tilers, chains, context, ctx_inputs, generator, first_step, callback,
-        callback_inputs, embeds,
+        callback_inputs,
     ) -> torch.Tensor:  # fmt: skip
         """Sample one level from its initial noise ``latents`` ``(B, C, F, H, W)`` along the scheduler's current
         timesteps; evaluation ``i`` uses tile plan ``tilers[i % len(tilers)]`` and calls ``callback`` with step
         index ``first_step + i``. Stops early (returning the canvas reached) when the callback sets ``interrupt``."""
         timesteps = self.scheduler.timesteps
+        self._current_level = level
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
+                self._current_timestep = t
                 latents = self.scheduler.churn(latents, generator=generator)
                 sigma = self.scheduler.current_sigma
                 plan = i % len(tilers)
@@ -352,10 +383,11 @@ class HierarchicalPatchPipeline(ChecksumMixin, DiffusionPipeline):
                 )  # fmt: skip
                 latents = self.scheduler.step(None, t, latents, denoised=denoised).prev_sample
                 if callback is not None:
-                    local = {"latents": latents, "prompt_embeds": embeds}
-                    result = callback(self, first_step + i, t, {k: local[k] for k in callback_inputs})
+                    tensors = {"latents": latents, **denoiser.conditioning.callback_tensors()}
+                    result = callback(self, first_step + i, t, {k: tensors[k] for k in callback_inputs})
                     result = check_callback_result(result, latents)
                     latents = result.pop("latents", latents)
+                    denoiser.update_conditioning(result)  # prompt_embeds / negative_prompt_embeds, if returned
                 progress_bar.update()
         return latents
 

@@ -57,6 +57,54 @@ class Streams:
         return kw
 
 
+@dataclass
+class Conditioning:
+    """The call's conditioning per video, from which the streams are built; a callback may replace the embeddings."""
+
+    prompt_embeds: torch.Tensor | None  # (B, L_txt, E)
+    prompt_attention_mask: torch.Tensor | None  # (B, L_txt)
+    negative_prompt_embeds: torch.Tensor | None  # (B, L_txt, E); None: the learned null conditioning
+    negative_prompt_attention_mask: torch.Tensor | None  # (B, L_txt)
+    class_labels: torch.Tensor | None  # (B,)
+    num_videos: int
+    device: torch.device
+    guided: bool  # classifier-free guidance: one unconditional stream per video
+
+    CALLBACK_TENSORS = ("prompt_embeds", "negative_prompt_embeds")
+
+    def streams(self) -> Streams:
+        return Streams.build(
+            self.prompt_embeds, self.prompt_attention_mask, self.negative_prompt_embeds,
+            self.negative_prompt_attention_mask, self.class_labels, self.num_videos, self.device, self.guided,
+        )  # fmt: skip
+
+    def callback_tensors(self) -> dict[str, torch.Tensor | None]:
+        return {name: getattr(self, name) for name in self.CALLBACK_TENSORS}
+
+    def replace(self, tensors: dict) -> bool:
+        """Take the embeddings among ``tensors`` (a callback's output; other names are ignored), in the dtype and on
+        the device of the current ones; return whether anything changed."""
+        changed = False
+        for name in self.CALLBACK_TENSORS:
+            if name not in tensors or tensors[name] is None:
+                continue
+            new, old = tensors[name], getattr(self, name)
+            like = old if old is not None else self.prompt_embeds
+            if like is not None and new.shape != like.shape:
+                raise ValueError(
+                    f"A callback returned `{name}` of shape {tuple(new.shape)}; it must keep the shape "
+                    f"{tuple(like.shape)} (videos, sequence, width)."
+                )
+            if like is not None:
+                new = new.to(device=like.device, dtype=like.dtype)
+            if name == "negative_prompt_embeds" and self.negative_prompt_attention_mask is None:
+                # it replaces the learned null conditioning: every position is a real token
+                self.negative_prompt_attention_mask = torch.ones(new.shape[:2], dtype=torch.bool, device=new.device)
+            setattr(self, name, new)
+            changed = True
+        return changed
+
+
 class TiledDenoiser:
     """Transformer evaluations on the tiles of one level, ``tile_batch_size`` (video, tile) pairs per call, every
     stream of those videos (conditional first, then unconditional) in the same call.
@@ -64,13 +112,27 @@ class TiledDenoiser:
     Args:
         transformer: the ``HPDMTransformer``.
         scheduler: the ``HPDMScheduler`` (its preconditioning turns model outputs into denoised estimates).
-        streams: the conditioning of every stream (``Streams.build``).
+        conditioning: the call's conditioning, from which every stream is built.
         tile_batch_size: (video, tile) pairs per transformer call; results do not depend on it.
+        attention_kwargs: passed to every transformer call.
     """
 
-    def __init__(self, transformer: HPDMTransformer, scheduler: HPDMScheduler, streams: Streams, tile_batch_size: int):
-        self.transformer, self.scheduler, self.streams = transformer, scheduler, streams
-        self.tile_batch_size = tile_batch_size
+    def __init__(
+        self,
+        transformer: HPDMTransformer,
+        scheduler: HPDMScheduler,
+        conditioning: Conditioning,
+        tile_batch_size: int,
+        attention_kwargs: dict | None = None,
+    ):
+        self.transformer, self.scheduler, self.conditioning = transformer, scheduler, conditioning
+        self.streams = conditioning.streams()
+        self.tile_batch_size, self.attention_kwargs = tile_batch_size, attention_kwargs
+
+    def update_conditioning(self, tensors: dict) -> None:
+        """Replace the embeddings a callback returned (``Conditioning.replace``) and rebuild the streams."""
+        if self.conditioning.replace(tensors):
+            self.streams = self.conditioning.streams()
 
     def denoise_canvas(
         self,
@@ -118,7 +180,10 @@ class TiledDenoiser:
                 idx = None
                 if level > 0 and context:  # "none" fusion leaves no context
                     idx = [chain[k][tile_ids] + stream_ids * context[k].boxes.shape[0] // S for k in range(level)]
-                out = tm(x_in, t, boxes[tile_ids], level=level, context=context, context_indices=idx, **kw).sample
+                out = tm(
+                    x_in, t, boxes[tile_ids], level=level, context=context, context_indices=idx,
+                    attention_kwargs=self.attention_kwargs, **kw,
+                ).sample  # fmt: skip
             denoised = c_skip * x.repeat(reps, 1, 1, 1, 1) + c_out * out.to(x.dtype)
             if reps == 2:
                 d_cond, d_uncond = denoised.chunk(2)
@@ -136,7 +201,9 @@ class TiledDenoiser:
             ts.append(sig_t.expand(len(sel)))
             bs.append(kboxes[sel])
         xs.append(x_in), ts.append(t), bs.append(boxes[tile_ids])
-        out = self.transformer(torch.stack(xs, 1), torch.stack(ts, 1), torch.stack(bs, 1), **kw).sample
+        out = self.transformer(
+            torch.stack(xs, 1), torch.stack(ts, 1), torch.stack(bs, 1), attention_kwargs=self.attention_kwargs, **kw
+        ).sample
         return out[:, -1]
 
     def context_inputs(
@@ -185,6 +252,7 @@ class TiledDenoiser:
                     level=level,
                     context=context,
                     context_indices=idx,
+                    attention_kwargs=self.attention_kwargs,
                     **self.streams.take(s_ids),
                 )  # fmt: skip
             )

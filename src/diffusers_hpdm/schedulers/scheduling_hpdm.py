@@ -14,13 +14,15 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from .parametrization import EDMParametrization
 from .training_sigmas import draw_training_sigmas
 
 logger = logging.get_logger(__name__)
 
 SAMPLERS = ("heun", "euler")
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
-Sigma = float | torch.Tensor
+# Config keys that define the denoiser and the grid, shared by name with diffusers' EDM schedulers (`compatibles`).
+DENOISER_KEYS = ("sigma_min", "sigma_max", "sigma_data", "rho", "prediction_type", "num_train_timesteps")
 
 
 @dataclass
@@ -39,11 +41,19 @@ class HPDMSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class HPDMScheduler(SchedulerMixin, ConfigMixin):
+class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
     """
     EDM scheduler for hierarchical patch diffusion: Heun with optional churn (EDM algorithm 2) at level 0, Euler at
     finer levels, a per-level noise shift and per-level step counts. `timesteps` holds one entry per model evaluation
-    (the `c_noise` of the sigma evaluated); `step` takes a raw model output or an already fused `denoised` canvas.
+    (the `c_noise = log(sigma) / 4` of the sigma evaluated, as in diffusers' `EDMEulerScheduler`); `step` takes a raw
+    model output or an already fused `denoised` canvas.
+
+    After construction the schedule is level 0's with `num_train_timesteps` steps (as `set_timesteps(
+    num_train_timesteps)` builds it), so `timesteps`, `sigmas` and `add_noise(x0, noise, timesteps)` work before any
+    `set_timesteps` call, the way diffusers' training scripts use EDM schedulers. `compatibles` lists diffusers' EDM
+    schedulers: for a v-prediction model (the default) they share `sigma_data`, the Karras grid, `c_in`, `c_noise`
+    and the denoised estimate, so they sample level 0 of the same transformer (the pipeline needs this scheduler's
+    per-level grid and fused `step`).
 
     Args:
         sigma_min (`float`, defaults to 0.002): Smallest nonzero sigma of the level-0 sampling grid.
@@ -74,9 +84,12 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         churn_levels (`tuple[int, ...]`, defaults to `(0,)`): Levels at which churn applies.
         prediction_type (`str`, defaults to `"v_prediction"`): What `F` predicts: `"v_prediction"`, `"epsilon"` or
             `"sample"`.
+        num_train_timesteps (`int`, defaults to 1000): Steps of the schedule set at construction (level 0, as
+            diffusers' EDM schedulers do); `set_timesteps` replaces it.
     """
 
-    _compatibles = []
+    # Diffusers' EDM schedulers: the same preconditioning and `c_noise` timesteps for v-prediction (see above).
+    _compatibles = ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
     order = 1
 
     @register_to_config
@@ -104,6 +117,7 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         s_noise: float = 1.0,
         churn_levels: tuple[int, ...] | list[int] = (0,),
         prediction_type: str = "v_prediction",
+        num_train_timesteps: int = 1000,
     ) -> None:
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"Need 0 < sigma_min < sigma_max, got {sigma_min=} and {sigma_max=}; swap or fix them.")
@@ -131,8 +145,15 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"s_churn must be >= 0 (0 disables churn), got {s_churn}.")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"Unknown prediction_type={prediction_type!r}; use one of {PREDICTION_TYPES}.")
+        if num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}.")
         # JSON turns tuples into lists: store lists so that a save/load round trip gives an identical config.
         self.register_to_config(level_growth=[int(g) for g in level_growth], churn_levels=list(churn_levels))
+        # `from_config` of another class drops the keys listed in `_use_default_values` (they take that class's
+        # defaults): the denoiser's parameters must travel even when left at ours (EDMEulerScheduler's default
+        # prediction_type is epsilon, which would silently misread a v-prediction model).
+        defaults = [k for k in self.config.get("_use_default_values", []) if k not in DENOISER_KEYS]
+        self.register_to_config(_use_default_values=defaults)
         self.num_inference_steps: int | None = None
         self.level, self.sampler = 0, None
         self.sigmas: torch.Tensor | None = None  # (n + 1,) float64 grid on the CPU, trailing 0
@@ -142,6 +163,12 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         self._eval_sigmas: list[float] = []  # the sigma of each evaluation
         self._step_index = self._begin_index = self._churned_index = None
         self._heun_state: tuple[torch.Tensor, torch.Tensor, float] | None = None  # (x_hat, d, sigma_next - sigma_hat)
+        self.set_timesteps(num_train_timesteps, level=0)
+
+    @classmethod
+    def _get_compatibles(cls) -> list[type]:
+        # SchedulerMixin looks every name up in the diffusers namespace, where this class is not: add it first.
+        return [cls] + [c for c in super()._get_compatibles() if c is not cls]
 
     # ----------------------------------------------------------------------------------------- preconditioning
     @property
@@ -149,51 +176,6 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
         """The per-level sigma multiplier: `level_noise_shift`, or `sqrt(prod(level_growth))` when it is `None`."""
         shift = self.config.level_noise_shift
         return float(shift) if shift is not None else math.sqrt(math.prod(self.config.level_growth))
-
-    @staticmethod
-    def broadcast_sigma(sigma: Sigma, sample: torch.Tensor) -> Sigma:
-        """Reshape a `()`, `(B,)` or `(B, L)` sigma so that it broadcasts against `(B, [L,] C, F, H, W)` samples."""
-        if not isinstance(sigma, torch.Tensor):
-            return sigma
-        sigma = sigma.to(device=sample.device, dtype=sample.dtype)
-        return sigma.reshape(sigma.shape + (1,) * (sample.ndim - sigma.ndim))
-
-    def precondition(self, sigma: Sigma, prediction_type: str | None = None) -> tuple[Sigma, Sigma, Sigma, Sigma]:
-        """
-        The EDM coefficients `(c_skip, c_out, c_in, c_noise)` at `sigma` (a float or a tensor of any shape).
-
-        `c_in = 1/sqrt(s^2+sd^2)`, `c_noise = log(s)/4`; for v-prediction `c_skip = sd^2/(s^2+sd^2)` and `c_out =
-        -s*sd/sqrt(s^2+sd^2)`; for epsilon `(1, -s)`; for sample `(0, 1)`. This is the only place they are written.
-        """
-        sd, kind = self.config.sigma_data, prediction_type or self.config.prediction_type
-        norm = (sigma**2 + sd**2) ** 0.5
-        one = torch.ones_like(sigma) if isinstance(sigma, torch.Tensor) else 1.0
-        c_noise = torch.log(sigma) / 4 if isinstance(sigma, torch.Tensor) else math.log(sigma) / 4
-        if kind == "v_prediction":
-            c_skip, c_out = sd**2 / norm**2, -sigma * sd / norm
-        elif kind == "epsilon":
-            c_skip, c_out = one, -sigma
-        else:
-            c_skip, c_out = 0 * one, one
-        return c_skip, c_out, 1 / norm, c_noise
-
-    def sigma_to_timestep(self, sigma: Sigma) -> Sigma:
-        """The transformer's `timestep` input for `sigma`: `c_noise = log(sigma) / 4`."""
-        return self.precondition(sigma)[3]
-
-    def precondition_inputs(self, sample: torch.Tensor, sigma: Sigma) -> torch.Tensor:
-        """`c_in(sigma) * sample`, with `sigma` broadcast as in [`~HPDMScheduler.broadcast_sigma`]."""
-        return self.broadcast_sigma(self.precondition(sigma)[2], sample) * sample
-
-    def denoise(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: Sigma) -> torch.Tensor:
-        """The denoised estimate `x0 = c_skip * sample + c_out * model_output` (used by the pipeline per tile)."""
-        c_skip, c_out, _, _ = self.precondition(sigma)
-        return self.broadcast_sigma(c_skip, sample) * sample + self.broadcast_sigma(c_out, sample) * model_output
-
-    def loss_weight(self, sigma: Sigma) -> Sigma:
-        """EDM weight `(s^2+sd^2)/(s*sd)^2` of `|D - x0|^2`; times `c_out^2` it is 1 for v-prediction (plain MSE)."""
-        sd = self.config.sigma_data
-        return (sigma**2 + sd**2) / (sigma * sd) ** 2
 
     # ------------------------------------------------------------------------------------------------- training
     def sample_training_sigmas(
@@ -227,22 +209,48 @@ class HPDMScheduler(SchedulerMixin, ConfigMixin):
             dtype=dtype,
         )
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, sigmas: Sigma) -> torch.Tensor:
-        """`x0 + sigma * eps`; `sigmas` (not timesteps) is a float, `(B,)` or `(B, L)` for `(B, [L,] C, F, H, W)`."""
-        return original_samples + self.broadcast_sigma(sigmas, original_samples) * noise
+    def sigmas_for_timesteps(self, timesteps: float | torch.Tensor) -> torch.Tensor:
+        """
+        The sigma of each entry of `timesteps`, read from the current schedule as diffusers' `EDMEulerScheduler`
+        does: by lookup in `self.timesteps` (the first match; equal timesteps are evaluations at the same sigma), or,
+        once `set_begin_index` was called, the sigma at `step_index` (mid-loop) or `begin_index` (before the loop).
 
-    def training_target(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, sigmas: Sigma, prediction_type: str | None = None
+        Args:
+            timesteps (`float` or `torch.Tensor` of any shape): Entries of `self.timesteps`.
+
+        Returns:
+            `torch.Tensor`: float64 sigmas on the CPU, of the shape of `timesteps`.
+        """
+        t = torch.as_tensor(timesteps)
+        sigmas = torch.tensor(self._eval_sigmas, dtype=torch.float64)  # (num_evaluations,)
+        if self.begin_index is not None:
+            index = self.step_index if self.step_index is not None else self.begin_index
+            return sigmas[index].expand(t.shape).clone()
+        schedule = self.timesteps.to(t.device)
+        match = t.reshape(-1, 1).to(schedule.dtype) == schedule.reshape(1, -1)  # (n, num_evaluations)
+        missing = ~match.any(dim=1)
+        if missing.any():
+            raise ValueError(
+                f"timesteps {t.reshape(-1)[missing].tolist()[:4]} are not in scheduler.timesteps (level "
+                f"{self.level}, {len(schedule)} evaluations): pass entries of `timesteps` after the matching "
+                "`set_timesteps`, or noise levels to `add_noise_at_sigmas(original_samples, noise, sigmas)`."
+            )
+        return sigmas[match.int().argmax(dim=1).cpu()].reshape(t.shape)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: float | torch.Tensor
     ) -> torch.Tensor:
-        """The regression target of `F`: `(x0 - c_skip * x_noisy) / c_out` (`v` for v-prediction)."""
-        c_skip, c_out, _, _ = self.precondition(sigmas, prediction_type)
-        x_noisy = self.add_noise(original_samples, noise, sigmas)
-        c_skip, c_out = self.broadcast_sigma(c_skip, original_samples), self.broadcast_sigma(c_out, original_samples)
-        return (original_samples - c_skip * x_noisy) / c_out
+        """
+        `x0 + sigma(t) * eps` at timesteps of the current schedule, as diffusers' `EDMEulerScheduler.add_noise`
+        (`sigma(t)` from [`~HPDMScheduler.sigmas_for_timesteps`]). For noise levels use `add_noise_at_sigmas`.
 
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, sigmas: Sigma) -> torch.Tensor:
-        """The v-prediction target for clean `sample`, `noise` and `sigmas`, whatever `prediction_type` is."""
-        return self.training_target(sample, noise, sigmas, "v_prediction")
+        Args:
+            original_samples (`torch.Tensor` of shape `(B, [L,] C, F, H, W)`): Clean samples.
+            noise (`torch.Tensor`): Standard normal noise of the same shape.
+            timesteps (`float` or `torch.Tensor`): Entries of `timesteps`: a scalar, `(B,)` or `(B, L)`.
+        """
+        sigmas = self.sigmas_for_timesteps(timesteps)
+        return self.add_noise_at_sigmas(original_samples, noise, sigmas)
 
     # ------------------------------------------------------------------------------------------------- sampling
     def steps_for_level(

@@ -108,7 +108,7 @@ def hpdm_loss(
     sigmas, noise, drop = sigmas.to(device), noise.to(device, dtype), drop.to(device)
 
     # 3. EDM preconditioning, one joint forward over all levels
-    x_noisy = scheduler.add_noise(x0, noise, sigmas)
+    x_noisy = scheduler.add_noise_at_sigmas(x0, noise, sigmas)
     _, _, c_in, c_noise = scheduler.precondition(sigmas)
     model_input = scheduler.broadcast_sigma(c_in, x_noisy) * x_noisy
     out = model(
