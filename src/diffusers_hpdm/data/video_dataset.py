@@ -310,7 +310,62 @@ def load_video_dataset(
         records = datasets.load_dataset(str(path_or_name), split=split or "train")
         root = None
 
-    media = _check_columns(records.column_names, media_column, text_column, label_column, f"Dataset {path_or_name}")
+    return _video_text_dataset(
+        records, root, f"Dataset {path_or_name}", num_frames, height, width, frame_stride, seed,
+        random_temporal_crop, media_column, text_column, label_column, cache_frames,
+    )  # fmt: skip
+
+
+def load_hub_video_dataset(
+    dataset_name: str,
+    dataset_config_name: str | None = None,
+    num_frames: int = 16,
+    height: int = 64,
+    width: int = 64,
+    frame_stride: int = 1,
+    seed: int = 0,
+    random_temporal_crop: bool = True,
+    split: str = "train",
+    video_column: str | None = None,
+    caption_column: str = "text",
+    label_column: str = "label",
+    cache_frames: bool = False,
+    cache_dir: str | None = None,
+) -> VideoTextDataset:
+    r"""Open a dataset with `datasets.load_dataset` (a Hub dataset, or a local folder of data files such as
+    ``train.jsonl`` / parquet), as diffusers' training scripts do with ``--dataset_name``.
+
+    Args:
+        dataset_name (`str`): Hub id (``"user/clips"``) or a local folder that `datasets.load_dataset` reads.
+        dataset_config_name (`str`, *optional*): the dataset's configuration (``name=``).
+        video_column (`str`, *optional*): the column with each video (a `datasets.Video` / `datasets.Image`
+            feature, or a path relative to a local ``dataset_name`` folder); default the first of ``file_name``,
+            ``video``, ``image``.
+        caption_column (`str`): the column with the captions.
+        cache_dir (`str`, *optional*): `datasets`' download cache.
+        Other arguments: see `load_video_dataset`.
+
+    Raises:
+        `ValueError`: a named column is missing (the message lists the dataset's columns).
+    """
+    import datasets
+
+    records = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+    root = Path(dataset_name) if Path(dataset_name).is_dir() else None  # local data files: paths relative to it
+    return _video_text_dataset(
+        records, root, f"Dataset {dataset_name}", num_frames, height, width, frame_stride, seed,
+        random_temporal_crop, video_column, caption_column, label_column, cache_frames,
+    )  # fmt: skip
+
+
+def _video_text_dataset(
+    records, root, where, num_frames, height, width, frame_stride, seed, random_temporal_crop, media_column,
+    text_column, label_column, cache_frames,
+) -> VideoTextDataset:  # fmt: skip
+    """Check the columns of a `datasets.Dataset`, keep its media undecoded, and wrap it in `VideoTextDataset`."""
+    import datasets
+
+    media = _check_columns(records.column_names, media_column, text_column, label_column, where)
     feature = records.features.get(media)
     if isinstance(feature, datasets.Video | datasets.Image):  # keep {"path", "bytes"}: we decode ourselves
         records = records.cast_column(media, type(feature)(decode=False))

@@ -19,6 +19,7 @@ from .norms import clip_grad_norm_
 from .params import freeze_parameters, lamb_param_groups, unused_parameters
 from .rng import sample_generators, stream_seed
 from .sampler import ShardedBatchSampler
+from .trackers import log_videos
 
 __all__ = [
     "EMA",
@@ -35,6 +36,7 @@ __all__ = [
     "hpdm_loss",
     "latest_checkpoint",
     "list_checkpoints",
+    "log_videos",
     "prune_checkpoints",
     "remove_incomplete",
     "resolve_checkpoint",
