@@ -44,6 +44,7 @@ from train_t2v_components import (
     summarize,
     write_card,
 )
+from train_t2v_lora import add_lora, lora_pipeline, save_adapter
 
 from diffusers_hpdm.data import collate_videos, generate_dataset
 from diffusers_hpdm.training import (
@@ -82,7 +83,8 @@ def save_checkpoint(accelerator, ema: EMA, state: dict, args, text=None) -> Path
         args.output_dir, state["global_step"], accelerator.is_main_process, accelerator.wait_for_everyone
     ) as tmp:
         accelerator.save_state(str(tmp))
-        ema.save(tmp, accelerator.is_main_process)
+        if ema is not None:  # LoRA mode trains without EMA
+            ema.save(tmp, accelerator.is_main_process)
         if accelerator.is_main_process:
             if text is not None:
                 text[0].save_pretrained(tmp / "tokenizer")
@@ -133,6 +135,8 @@ def main(args: argparse.Namespace) -> None:
         log_with=args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=Path(args.output_dir, "logs")),
     )
+    if args.rank and accelerator.distributed_type == "FSDP":
+        raise ValueError("--rank (LoRA) runs single-process or DDP; FSDP would shard the adapter. Use a DDP config.")
     if accelerator.mixed_precision == "fp16":
         raise ValueError("fp16 is not supported (the paper saw worse convergence with any mixed precision); use bf16.")
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
@@ -153,7 +157,7 @@ def main(args: argparse.Namespace) -> None:
     set_seed(seed)
 
     # 2. Data (the default synthetic folder is generated once, by the main process)
-    if os.path.normpath(args.train_data_dir) == os.path.normpath(DEFAULT_DATA_DIR):
+    if not args.dataset_name and os.path.normpath(args.train_data_dir) == os.path.normpath(DEFAULT_DATA_DIR):
         with accelerator.main_process_first():
             if accelerator.is_main_process:
                 logger.info(f"Preparing the synthetic dataset in {DEFAULT_DATA_DIR} (cached after the first run)")
@@ -201,6 +205,9 @@ def main(args: argparse.Namespace) -> None:
             embeds, mask = prompt_encoder([""], accelerator.device)
         return hpdm_loss(model, noise_scheduler, video, embeds, mask, labels, torch.Generator().manual_seed(0)).loss
 
+    if args.rank:
+        adapter = add_lora(transformer, args)
+        logger.info(f"LoRA rank {args.rank} on {args.lora_target_modules}: {len(adapter)} adapter tensors train")
     transformer.to(accelerator.device)
     frozen = unused_parameters(transformer, probe_loss)
     freeze_parameters(transformer, frozen)
@@ -210,14 +217,23 @@ def main(args: argparse.Namespace) -> None:
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
 
-    # 5. Optimizer (LAMB), schedule, Accelerate, EMA
-    optimizer = Lamb(
-        lamb_param_groups(transformer, args.weight_decay),
-        lr=args.learning_rate,
-        betas=tuple(args.lamb_betas),
-        weight_decay=args.weight_decay,
-        eps=args.lamb_eps,
-    )
+    # 5. Optimizer (LAMB; AdamW on the adapters in LoRA mode), schedule, Accelerate, EMA
+    if args.rank:
+        optimizer = torch.optim.AdamW(
+            [p for p in transformer.parameters() if p.requires_grad],
+            lr=args.learning_rate,
+            betas=tuple(args.lamb_betas),
+            weight_decay=args.weight_decay,
+            eps=args.lamb_eps,
+        )
+    else:
+        optimizer = Lamb(
+            lamb_param_groups(transformer, args.weight_decay),
+            lr=args.learning_rate,
+            betas=tuple(args.lamb_betas),
+            weight_decay=args.weight_decay,
+            eps=args.lamb_eps,
+        )
     # The prepared schedule steps once per process per optimizer step (accelerate convention).
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
@@ -227,9 +243,10 @@ def main(args: argparse.Namespace) -> None:
     )
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     model = accelerator.unwrap_model(transformer)
-    ema = EMA(
-        model, half_life=args.ema_half_life, rampup_ratio=args.ema_rampup_ratio if args.ema_rampup_ratio > 0 else None
-    )
+    ema = None
+    if not args.rank:
+        rampup = args.ema_rampup_ratio if args.ema_rampup_ratio > 0 else None
+        ema = EMA(model, half_life=args.ema_half_life, rampup_ratio=rampup)
 
     sampler = ShardedBatchSampler(
         len(dataset), args.train_batch_size, accelerator.num_processes, accelerator.process_index, seed
@@ -245,7 +262,8 @@ def main(args: argparse.Namespace) -> None:
     if resume is not None:
         logger.info(f"Resuming from {resume}")
         accelerator.load_state(str(resume))
-        ema.load(resume)
+        if ema is not None:
+            ema.load(resume)
         global_step = resume_state["global_step"]
         total_skipped = resume_state["num_skipped"]
         sampler.load_state_dict(resume_state["data_order"])
@@ -314,7 +332,8 @@ def main(args: argparse.Namespace) -> None:
             micro_in_step = 0
 
             # One optimizer step done
-            ema.update(model)
+            if ema is not None:
+                ema.update(model)
             global_step += 1
             progress.update(1)
             logs = accelerator.reduce(torch.stack(window).mean(0), reduction="mean").cpu()
@@ -347,8 +366,9 @@ def main(args: argparse.Namespace) -> None:
                 and global_step < args.max_train_steps
             ):
                 validate(
-                    args, accelerator, ema, model_config, noise_scheduler, tokenizer, text_encoder, global_step, seed
-                )
+                    args, accelerator, ema, model, model_config, noise_scheduler, tokenizer, text_encoder,
+                    global_step, seed,
+                )  # fmt: skip
             if global_step >= args.max_train_steps:
                 done = True
                 break
@@ -357,7 +377,13 @@ def main(args: argparse.Namespace) -> None:
         epoch, start_batch = epoch + 1, 0
     progress.close()
 
-    # 7. Final pipeline with the EMA weights, model card, validation videos, Hub
+    # 7. Final pipeline with the EMA weights (LoRA mode: the adapter), model card, validation videos, Hub
+    if args.rank:
+        if accelerator.is_main_process:
+            save_adapter(args, accelerator, model, history, total_skipped, global_step, seed)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return
     ema_state = ema.state_dict()  # collective: every process
     if accelerator.is_main_process:
         pipe = ema_pipeline(ema_state, model_config, noise_scheduler, tokenizer, text_encoder)
@@ -377,10 +403,13 @@ def main(args: argparse.Namespace) -> None:
     accelerator.end_training()
 
 
-def validate(args, accelerator, ema, model_config, noise_scheduler, tokenizer, text_encoder, step, seed) -> None:
-    ema_state = ema.state_dict()  # collective
+def validate(args, accelerator, ema, model, model_config, noise_scheduler, tokenizer, text_encoder, step, seed):
+    ema_state = ema.state_dict() if ema is not None else None  # collective
     if accelerator.is_main_process and (args.validation_prompts or args.class_conditional):
-        pipe = ema_pipeline(ema_state, model_config, noise_scheduler, tokenizer, text_encoder)
+        if ema is None:  # LoRA mode: the base pipeline with the current adapter
+            pipe = lora_pipeline(model, args)
+        else:
+            pipe = ema_pipeline(ema_state, model_config, noise_scheduler, tokenizer, text_encoder)
         log_validation(pipe, args, accelerator, step, seed)
     accelerator.wait_for_everyone()
 

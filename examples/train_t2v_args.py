@@ -51,6 +51,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Condition on the dataset's `label` column instead of text (no text encoder).",
     )
     g.add_argument("--gradient_checkpointing", action="store_true", help="Recompute RIN blocks in the backward.")
+    # LoRA
+    g = parser.add_argument_group("LoRA (fine-tune a pretrained pipeline with low-rank adapters)")
+    g.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="LoRA mode: train rank-r adapters on --lora_target_modules of --pretrained_base's transformer (frozen), "
+        "with AdamW and no EMA, and save the adapter (pytorch_lora_weights.safetensors) instead of a pipeline. "
+        "Default: full training.",
+    )
+    g.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: --rank).")
+    g.add_argument(
+        "--lora_target_modules",
+        default="to_q,to_k,to_v,to_out.0",
+        help="Comma-separated module names (suffixes) that get adapters; default: every attention projection.",
+    )
     # Noise
     g = parser.add_argument_group("noise (scheduler)")
     g.add_argument(
@@ -96,6 +112,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"default {DEFAULT_DATA_DIR} is generated (synthetic moving shapes) when missing.",
     )
     g.add_argument(
+        "--dataset_name",
+        default=None,
+        help="A dataset read with datasets.load_dataset: a Hub id (e.g. user/clips) or a local folder of data files "
+        "(train.jsonl, parquet, ...). Replaces --train_data_dir.",
+    )
+    g.add_argument("--dataset_config_name", default=None, help="The dataset's configuration, if it has several.")
+    g.add_argument("--cache_dir", default=None, help="Download cache of datasets (--dataset_name).")
+    g.add_argument(
+        "--video_column",
+        default=None,
+        help="Column with the videos (a Video/Image feature or a path). Default: the first of file_name, video, image.",
+    )
+    g.add_argument("--caption_column", default="text", help="Column with the captions.")
+    g.add_argument(
         "--synthetic_num_videos", type=int, default=64, help="Videos to generate into the default data folder."
     )
     g.add_argument(
@@ -126,7 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--train_batch_size", type=int, default=4, help="Videos per process and step.")
     g.add_argument("--max_train_steps", type=int, default=200, help="Optimizer steps.")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    g.add_argument("--learning_rate", type=float, default=5e-3, help="Peak LAMB learning rate (paper: 5e-3).")
+    g.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="Peak learning rate (default: 5e-3 for LAMB, the paper's; 1e-4 for AdamW in LoRA mode).",
+    )
     g.add_argument("--lamb_betas", type=float, nargs=2, default=(0.9, 0.999), help="LAMB moment decays.")
     g.add_argument("--lamb_eps", type=float, default=1e-6, help="LAMB epsilon.")
     g.add_argument("--weight_decay", type=float, default=0.01, help="Decoupled weight decay (paper: 0.01).")
@@ -194,4 +229,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--train_batch_size, --max_train_steps and --gradient_accumulation_steps must be >= 1.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         parser.error("--checkpoints_total_limit must be >= 1.")
+    if args.rank is not None:
+        if args.rank < 1:
+            parser.error(f"--rank must be >= 1, got {args.rank}.")
+        if not args.pretrained_base:
+            parser.error("--rank (LoRA) fine-tunes a pretrained pipeline: pass --pretrained_base <saved pipeline>.")
+        if args.num_levels is not None or args.levels_per_block is not None:
+            parser.error("--rank (LoRA) keeps the base's pyramid: drop --num_levels / --levels_per_block.")
+    if args.learning_rate is None:
+        args.learning_rate = 1e-4 if args.rank else 5e-3
+    if args.lora_alpha is None and args.rank:
+        args.lora_alpha = float(args.rank)
     return args

@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from accelerate.logging import get_logger
 from diffusers.utils import export_to_video
 
@@ -19,10 +20,10 @@ from diffusers_hpdm import (
     write_card_sample,
     write_model_card,
 )
-from diffusers_hpdm.data import load_video_dataset
+from diffusers_hpdm.data import load_hub_video_dataset, load_video_dataset
 from diffusers_hpdm.geometry import level_sizes
 from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
-from diffusers_hpdm.training import sample_generators
+from diffusers_hpdm.training import log_videos, sample_generators
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -154,16 +155,22 @@ def default_video_size(args, transformer: HPDMTransformer) -> tuple[int, int, in
 
 
 def load_dataset(args, seed: int, video_size):
+    """``--dataset_name`` through `datasets.load_dataset` (Hub or local data files), else ``--train_data_dir``;
+    ``--video_column`` / ``--caption_column`` name the columns in either."""
     f, h, w = video_size
+    common = dict(num_frames=f, height=h, width=w, frame_stride=args.frame_stride, seed=seed)
+    common.update(cache_frames=args.cache_videos)
+    if args.dataset_name:
+        return load_hub_video_dataset(
+            args.dataset_name, args.dataset_config_name, video_column=args.video_column,
+            caption_column=args.caption_column, cache_dir=args.cache_dir, **common,
+        )  # fmt: skip
     return load_video_dataset(
         args.train_data_dir,
-        num_frames=f,
-        height=h,
-        width=w,
-        frame_stride=args.frame_stride,
-        seed=seed,
-        cache_frames=args.cache_videos,
+        media_column=args.video_column,
+        text_column=args.caption_column,
         require_captions=not args.class_conditional,
+        **common,
     )
 
 
@@ -185,13 +192,14 @@ def ema_pipeline(ema_state: dict, model_config: dict, scheduler, tokenizer, text
 
 
 def log_validation(pipe, args, accelerator, step: int, seed: int) -> list[str]:
-    """Sample the validation prompts (or class labels) and save them as mp4 under ``output_dir/validation``."""
+    """Sample the validation prompts (or class labels), save them as mp4 under ``output_dir/validation`` and log
+    them to the trackers ``--report_to`` enabled (`diffusers_hpdm.training.log_videos`)."""
     pipe = pipe.to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     conditions = args.validation_class_labels if args.class_conditional else args.validation_prompts
     out_dir = Path(args.output_dir) / "validation" / f"step-{step}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, videos = [], []
     start = time.time()
     for i, cond in enumerate(conditions):
         generator = sample_generators(seed, step, [i], stream=VALIDATION_STREAM)[0]
@@ -206,7 +214,12 @@ def log_validation(pipe, args, accelerator, step: int, seed: int) -> list[str]:
         path = out_dir / f"{i:02d}.mp4"
         export_to_video(list(frames), str(path), fps=8)
         paths.append(str(path))
-    logger.info(f"Validation at step {step}: {len(paths)} video(s) in {out_dir} ({time.time() - start:.1f}s)")
+        videos.append((np.asarray(frames) * 255).round().clip(0, 255).astype(np.uint8))
+    logged = log_videos(accelerator.trackers, videos, [str(c) for c in conditions], step, fps=8)
+    logger.info(
+        f"Validation at step {step}: {len(paths)} video(s) in {out_dir} ({time.time() - start:.1f}s)"
+        + (f", logged to {', '.join(logged)}" if logged else "")
+    )
     return paths
 
 

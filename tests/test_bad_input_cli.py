@@ -11,6 +11,7 @@ import signal
 
 import diffusers.utils
 import numpy as np
+import PIL.Image
 import pytest
 from test_cli import generate
 from test_cli import model_dir as model_dir  # noqa: F401  (the fixture)
@@ -136,6 +137,19 @@ def test_disk_full_mid_file_raises_and_keeps_the_earlier_file(tmp_path, monkeypa
             write_bytes_atomic(target, b'{"new": true}' * 100)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary file left
+
+
+def test_a_still_gif_is_complete_though_its_identical_frames_merge(tmp_path):
+    """Pillow merges identical consecutive GIF frames into one of their summed duration; the read-back check counts
+    duration, so a still video (an untrained model's output) is written, and lasts as long as its frames."""
+    still = np.repeat(VIDEO[:1], 4, axis=0)
+    path = save_video(still, tmp_path / "still.gif", fps=8)
+    with PIL.Image.open(path) as gif:
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    assert len(durations) < 4 and sum(durations) == 4 * 120  # 1000 / 8 ms in whole centiseconds
 
 
 def test_a_truncated_mp4_is_detected_and_the_earlier_file_kept(tmp_path, monkeypatch):

@@ -42,6 +42,26 @@ def _check_frames(expected: int) -> Callable[[Path], None]:
     return check
 
 
+def _check_gif_duration(expected_ms: int) -> Callable[[Path], None]:
+    """A check for `atomic_path`: the written GIF decodes and its frames last ``expected_ms`` in all. (Pillow
+    merges identical consecutive frames into one of their summed duration, so a still video has fewer frames than
+    it was given; the total duration is what a complete file keeps.)"""
+
+    def check(tmp: Path) -> None:
+        try:
+            with PIL.Image.open(tmp) as gif:
+                total = 0
+                for index in range(gif.n_frames):
+                    gif.seek(index)
+                    total += int(gif.info.get("duration", 0))
+        except Exception as error:  # any decoder failure: the file is broken
+            raise OSError(errno.EIO, f"the written GIF does not decode ({type(error).__name__}: {error})") from None
+        if total != expected_ms:
+            raise OSError(errno.EIO, f"the written GIF lasts {total} of {expected_ms} ms (disk full?)")
+
+    return check
+
+
 def save_video(video: np.ndarray, path: str | Path, fps: int | float = 8) -> Path:
     """Write ``(F, H, W, 3)`` floats in ``[0, 1]`` as ``.mp4`` (H.264) or ``.gif``, by extension.
 
@@ -61,9 +81,9 @@ def save_video(video: np.ndarray, path: str | Path, fps: int | float = 8) -> Pat
     if suffix == ".gif":
         images = [PIL.Image.fromarray(f) for f in frames]
         buffer = io.BytesIO()
-        duration = max(1, int(1000 / fps))
+        duration = max(10, 10 * round(100 / fps))  # ms per frame; GIF stores centiseconds
         images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
-        write_bytes_atomic(path, buffer.getvalue(), _check_frames(len(frames)))
+        write_bytes_atomic(path, buffer.getvalue(), _check_gif_duration(duration * len(frames)))
     else:
         from diffusers.utils import export_to_video
 

@@ -15,7 +15,14 @@ from .synthetic import (
     parse_prompt,
     render_video,
 )
-from .video_dataset import VideoTextDataset, collate_videos, load_video_dataset, read_frames, resize_frames
+from .video_dataset import (
+    VideoTextDataset,
+    collate_videos,
+    load_hub_video_dataset,
+    load_video_dataset,
+    read_frames,
+    resize_frames,
+)
 
 __all__ = [
     "ATTRIBUTES",
@@ -31,6 +38,7 @@ __all__ = [
     "collate_videos",
     "generate_dataset",
     "heldout_prompts",
+    "load_hub_video_dataset",
     "load_video_dataset",
     "parse_prompt",
     "read_frames",

@@ -28,55 +28,22 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .metadata import METADATA_FILES, check_rows, read_metadata  # noqa: F401 (METADATA_FILES: re-exported)
+from .video_io import IMAGE_EXTENSIONS, count_frames, read_clip, read_frames
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "METADATA_FILES",
+    "VideoTextDataset",
+    "collate_videos",
+    "load_hub_video_dataset",
+    "load_video_dataset",
+    "read_frames",
+    "resize_frames",
+]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MEDIA_COLUMNS = ("file_name", "video", "image")
-
-
-def _video_plugin() -> str:
-    """PyAV when installed (seekable, in-process), else imageio-ffmpeg's ``FFMPEG`` plugin (ships its binary)."""
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        return "FFMPEG"
-    return "pyav"
-
-
-def _read_pyav(source: str | os.PathLike | bytes) -> np.ndarray:
-    """PyAV directly: imageio's pyav plugin runs ``gc.collect()`` on every close (~0.5 s a file under load)."""
-    import io
-
-    import av
-
-    with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
-        stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    if not frames:
-        raise ValueError("no video frames decoded")
-    return np.stack(frames)
-
-
-def read_frames(source: str | os.PathLike | bytes, extension: str = ".mp4") -> np.ndarray:
-    """Decode a video or image (a path or the file's bytes) to uint8 RGB ``[T, H, W, 3]``; an image gives T = 1."""
-    import imageio.v3 as iio
-
-    extension = (Path(source).suffix if not isinstance(source, bytes) else extension).lower()
-    if extension in IMAGE_EXTENSIONS:
-        frames = np.asarray(iio.imread(source, extension=extension))[None]
-    elif _video_plugin() == "pyav":
-        frames = _read_pyav(source)
-    else:
-        frames = np.asarray(iio.imread(source, plugin="FFMPEG", index=None, extension=extension))
-    if frames.ndim == 3:  # grayscale
-        frames = frames[..., None]
-    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"decoded array has shape {frames.shape}, expected [T, H, W, C] with C in (1, 3, 4)")
-    frames = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames[..., :3]
-    if frames.dtype != np.uint8:
-        raise ValueError(f"decoded dtype {frames.dtype}, expected uint8")
-    return frames
 
 
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -190,25 +157,41 @@ class VideoTextDataset(Dataset):
         row = self.records[index]
         try:
             source, extension = self._source(row)
-            frames = self._frames.get(index) if self._frames is not None else None
-            if frames is None:
-                frames = read_frames(source, extension)
-                if self._frames is not None:
-                    self._frames[index] = frames
+            clip = self._decode_clip(index, source, extension)
         except Exception as error:  # any decoder failure means "skip this file"
             message = str(error).strip().splitlines()
             self._skip(index, f"unreadable ({type(error).__name__}: {message[0] if message else ''})")
             return None
-        if extension.lower() in IMAGE_EXTENSIONS:  # a still video
-            frames = np.repeat(frames[:1], self.clip_span, axis=0)
-        if frames.shape[0] < self.clip_span:
-            self._skip(index, f"too short ({frames.shape[0]} frames, clip needs {self.clip_span})")
+        if isinstance(clip, int):
+            self._skip(index, f"too short ({clip} frames, clip needs {self.clip_span})")
             return None
-        start = self.temporal_start(index, frames.shape[0])
-        clip = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.clip_span : self.frame_stride]))
+        clip = torch.from_numpy(np.ascontiguousarray(clip))
         clip = resize_frames(clip.permute(0, 3, 1, 2).float(), self.height, self.width)  # (F, C, H, W)
         video = (clip / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()  # (C, F, H, W)
         return {"video": video, "text": self._text(row), "label": self._label(row)}
+
+    def _decode_clip(self, index: int, source: str | bytes, extension: str) -> np.ndarray | int:
+        """uint8 ``[num_frames, H, W, 3]`` frames of item ``index``'s clip, or the video's frame count when it is too
+        short. Without ``cache_frames`` only the clip is decoded (a seek, `read_clip`) when the container says how
+        many frames it holds; otherwise the whole file, once (cached) or every time."""
+        image = extension.lower() in IMAGE_EXTENSIONS
+        total = None if image or self._frames is not None else count_frames(source, extension)
+        if total is not None:
+            if total < self.clip_span:
+                return total
+            start = self.temporal_start(index, total)
+            return read_clip(source, start, self.num_frames, self.frame_stride, extension)
+        frames = self._frames.get(index) if self._frames is not None else None
+        if frames is None:
+            frames = read_frames(source, extension)
+            if self._frames is not None:
+                self._frames[index] = frames
+        if image:  # a still video
+            frames = np.repeat(frames[:1], self.clip_span, axis=0)
+        if frames.shape[0] < self.clip_span:
+            return frames.shape[0]
+        start = self.temporal_start(index, frames.shape[0])
+        return frames[start : start + self.clip_span : self.frame_stride]
 
     def _text(self, row: dict) -> str:
         text = row.get(self.text_column)
@@ -321,12 +304,69 @@ def load_video_dataset(
         records = datasets.load_dataset(str(path_or_name), split=split or "train")
         root = None
 
-    media = _check_columns(records.column_names, media_column, text_column, label_column, f"Dataset {path_or_name}")
-    if not rows_checked:  # save_to_disk / Hub data: the captions (media are checked when decoded)
-        has_text = text_column in records.column_names
-        if require_captions or (require_captions is None and has_text):
-            rows = [{text_column: c} for c in (records[text_column] if has_text else [None] * len(records))]
-            check_rows(rows, f"Dataset {path_or_name}", None, None, text_column)
+    return _video_text_dataset(
+        records, root, f"Dataset {path_or_name}", num_frames, height, width, frame_stride, seed,
+        random_temporal_crop, media_column, text_column, label_column, cache_frames,
+        require_captions=None if rows_checked else require_captions, check_captions=not rows_checked,
+    )  # fmt: skip
+
+
+def load_hub_video_dataset(
+    dataset_name: str,
+    dataset_config_name: str | None = None,
+    num_frames: int = 16,
+    height: int = 64,
+    width: int = 64,
+    frame_stride: int = 1,
+    seed: int = 0,
+    random_temporal_crop: bool = True,
+    split: str = "train",
+    video_column: str | None = None,
+    caption_column: str = "text",
+    label_column: str = "label",
+    cache_frames: bool = False,
+    cache_dir: str | None = None,
+) -> VideoTextDataset:
+    r"""Open a dataset with `datasets.load_dataset` (a Hub dataset, or a local folder of data files such as
+    ``train.jsonl`` / parquet), as diffusers' training scripts do with ``--dataset_name``.
+
+    Args:
+        dataset_name (`str`): Hub id (``"user/clips"``) or a local folder that `datasets.load_dataset` reads.
+        dataset_config_name (`str`, *optional*): the dataset's configuration (``name=``).
+        video_column (`str`, *optional*): the column with each video (a `datasets.Video` / `datasets.Image`
+            feature, or a path relative to a local ``dataset_name`` folder); default the first of ``file_name``,
+            ``video``, ``image``.
+        caption_column (`str`): the column with the captions.
+        cache_dir (`str`, *optional*): `datasets`' download cache.
+        Other arguments: see `load_video_dataset`.
+
+    Raises:
+        `ValueError`: a named column is missing (the message lists the dataset's columns).
+    """
+    import datasets
+
+    records = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+    root = Path(dataset_name) if Path(dataset_name).is_dir() else None  # local data files: paths relative to it
+    return _video_text_dataset(
+        records, root, f"Dataset {dataset_name}", num_frames, height, width, frame_stride, seed,
+        random_temporal_crop, video_column, caption_column, label_column, cache_frames,
+    )  # fmt: skip
+
+
+def _video_text_dataset(
+    records, root, where, num_frames, height, width, frame_stride, seed, random_temporal_crop, media_column,
+    text_column, label_column, cache_frames, require_captions=None, check_captions=True,
+) -> VideoTextDataset:  # fmt: skip
+    """Check the columns of a `datasets.Dataset` (and, with ``check_captions``, its captions as
+    `load_video_dataset`'s ``require_captions`` says; media are checked when decoded), keep its media undecoded,
+    and wrap it in `VideoTextDataset`."""
+    import datasets
+
+    media = _check_columns(records.column_names, media_column, text_column, label_column, where)
+    has_text = text_column in records.column_names
+    if check_captions and (require_captions or (require_captions is None and has_text)):
+        rows = [{text_column: c} for c in (records[text_column] if has_text else [None] * len(records))]
+        check_rows(rows, where, None, None, text_column)
     feature = records.features.get(media)
     if isinstance(feature, datasets.Video | datasets.Image):  # keep {"path", "bytes"}: we decode ourselves
         records = records.cast_column(media, type(feature)(decode=False))

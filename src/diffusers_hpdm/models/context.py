@@ -38,14 +38,21 @@ class DeepContextFusion(nn.Module):
         self.proj.weight[:, : self.dim].copy_(torch.eye(self.dim))
         self.proj.bias.zero_()
 
+    def _weight(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``proj``'s weight and bias in the compute dtype. The slices below bypass ``proj.forward``, so the hooks
+        that ``enable_layerwise_casting`` puts on it (upcast a bf16/fp8-stored weight) never run: cast here, as they
+        would. A no-op (the same tensors) when the weights already have that dtype."""
+        return self.proj.weight.to(dtype), self.proj.bias.to(dtype)
+
     def project_context(self, a: torch.Tensor) -> torch.Tensor:
         """``W_c a`` for coarse activations ``a`` ``(N, T, d)`` -> ``(N, T, d)``."""
-        return F.linear(a, self.proj.weight[:, self.dim : 2 * self.dim])
+        w, _ = self._weight(a.dtype)
+        return F.linear(a, w[:, self.dim : 2 * self.dim])
 
     def forward(self, a: torch.Tensor, ctx_proj: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """``W_a a + ctx_proj + W_p coords + bias``; ``a``, ``ctx_proj`` ``(N, T, d)``, ``coords`` ``(N, T, 3)``."""
-        w = self.proj.weight
-        return F.linear(a, w[:, : self.dim]) + ctx_proj + F.linear(coords, w[:, 2 * self.dim :], self.proj.bias)
+        w, b = self._weight(a.dtype)
+        return F.linear(a, w[:, : self.dim]) + ctx_proj + F.linear(coords, w[:, 2 * self.dim :], b)
 
 
 def interpolation_matrix(rel_boxes: torch.Tensor, axis: int, size: int, dtype: torch.dtype) -> torch.Tensor:

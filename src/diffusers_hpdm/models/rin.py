@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention import FeedForward
-from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from .attention import HPDMAttention
 
-def _attention(query_dim: int, kv_dim: int | None, heads: int, qk_norm: str | None) -> Attention:
-    return Attention(
-        query_dim=query_dim,
-        cross_attention_dim=kv_dim,
-        heads=heads,
-        dim_head=query_dim // heads,
-        qk_norm=qk_norm,
-        out_bias=True,
-    )
+
+def _attention(query_dim: int, kv_dim: int | None, heads: int, qk_norm: str | None) -> HPDMAttention:
+    return HPDMAttention(query_dim, kv_dim, heads=heads, dim_head=query_dim // heads, qk_norm=qk_norm)
 
 
 class ComputeLayer(nn.Module):

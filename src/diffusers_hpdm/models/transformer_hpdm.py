@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, apply_lora_scale
@@ -45,7 +47,7 @@ class HPDMTransformerOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class HPDMTransformer(ModelMixin, ConfigMixin):
+class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
     r"""Hierarchical Patch Diffusion transformer (RIN backbone).
 
     Args:
@@ -461,7 +463,10 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
         cond = torch.cat(tokens, dim=1)
         keep_all = torch.cat(keep, dim=1)
         bias = None
-        if not bool(keep_all.all()):
+        # Whether keys can be hidden is decided by which inputs were given, never by their values: a data-dependent
+        # branch would break `torch.compile(fullgraph=True)`. Where nothing is hidden the bias is 0 (exact).
+        maskable = self.text_proj is not None and encoder_hidden_states is not None
+        if maskable and (encoder_attention_mask is not None or drop_conditioning is not None):
             m = self.config.num_latents
             keys = torch.cat([torch.ones(n, m, dtype=torch.bool, device=keep_all.device), keep_all], dim=1)
             bias = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(~keys, float("-inf"))
@@ -535,9 +540,13 @@ class HPDMTransformer(ModelMixin, ConfigMixin):
             context_indices: per coarser level, ``(N,)`` index of the cached tile each tile reads; default: the
                 nested chain of most-centred containers (``geometry.context_chain``). Pass them whenever the cache
                 holds several videos or guidance streams: the default matches boxes only and takes the first.
-            attention_kwargs: diffusers' convention; ``scale`` is the LoRA scale of loaded PEFT adapters (applied by
-                ``apply_lora_scale`` around the call, as in diffusers' transformers).
+            attention_kwargs: ``{"scale": s}`` scales the LoRA layers loaded with ``load_lora_adapter`` /
+                added with ``add_adapter`` by ``s`` for this call (diffusers' convention); no other key is read.
         """
+        if attention_kwargs:  # "scale" was taken out by apply_lora_scale
+            raise ValueError(
+                f"`attention_kwargs` takes only 'scale' (the LoRA scale), got {sorted(attention_kwargs)}."
+            )
         if hidden_states.ndim == 6:
             out = self._forward_joint(
                 hidden_states, timestep, boxes, encoder_hidden_states, encoder_attention_mask, class_labels,

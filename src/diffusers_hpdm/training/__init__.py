@@ -21,6 +21,7 @@ from .resume import check_checkpoint, read_training_state
 from .rng import sample_generators, stream_seed
 from .sampler import ShardedBatchSampler
 from .skips import NoUsableDataError, SkipMonitor
+from .trackers import log_videos
 
 __all__ = [
     "EMA",
@@ -41,6 +42,7 @@ __all__ = [
     "hpdm_loss",
     "latest_checkpoint",
     "list_checkpoints",
+    "log_videos",
     "prune_checkpoints",
     "remove_incomplete",
     "resolve_checkpoint",
