@@ -42,12 +42,16 @@ from diffusers_hpdm.evaluation.run import evaluation_prompts, real_clips  # noqa
 from diffusers_hpdm.geometry import area_downsample, extract_patches, sample_nested_boxes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# name: (model overrides, extra training arguments). "deep+shallow" (both paths) was probe 2; the option left the
+# model after it (docs/probes.md).
 VARIANTS = {
-    "deep": {"context_fusion": "deep"},
-    "shallow": {"context_fusion": "shallow"},
-    "deep+shallow": {"context_fusion": "deep+shallow"},
-    "none": {"context_fusion": "none"},
-    "deep-nocoords": {"context_fusion": "deep", "use_coordinates": False},
+    "deep": ({"context_fusion": "deep"}, []),
+    "shallow": ({"context_fusion": "shallow"}, []),
+    "none": ({"context_fusion": "none"}, []),
+    "deep-nocoords": ({"context_fusion": "deep", "use_coordinates": False}, []),
+    # the per-level noise shift (paper §4.5; default sqrt(8) = 2.83 for 2x growth on every axis)
+    "shallow-shift1": ({"context_fusion": "shallow"}, ["--level_noise_shift", "1"]),
+    "shallow-shift2": ({"context_fusion": "shallow"}, ["--level_noise_shift", "2"]),
 }
 ATTRIBUTES = ("colour", "shape", "direction")
 LEVEL_SIZES = [(4, 16, 16), (8, 32, 32)]  # tiny-t2v's patch, 2 levels
@@ -63,7 +67,7 @@ def train(variant: str, seed: int, args) -> Path:
         "--train_data_dir", args.data_dir, "--cache_videos", "--preset", "tiny-t2v", "--num_levels", "2",
         "--train_batch_size", str(args.batch_size), "--max_train_steps", str(args.steps), "--seed", str(seed),
         "--lr_warmup_steps", "50", "--ema_half_life", str(args.steps // 8), "--checkpointing_steps", "100000",
-        "--logging_steps", "250", "--model_overrides", json.dumps(VARIANTS[variant]), "--output_dir", str(out),
+        "--logging_steps", "250", "--model_overrides", json.dumps(VARIANTS[variant][0]), *VARIANTS[variant][1], "--output_dir", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
     start = time.perf_counter()

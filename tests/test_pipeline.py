@@ -373,7 +373,7 @@ def test_text_model_without_prompt_and_class_model_without_labels_raise(pipe):
         cls_pipe(class_labels=[5], num_inference_steps=2)
 
 
-@pytest.mark.parametrize("fusion", ["none", "shallow", "deep+shallow"])
+@pytest.mark.parametrize("fusion", ["none", "shallow"])
 def test_every_fusion_mode_samples_every_level(fusion):
     """``none`` reads no context: its finer levels do not depend on the coarse video at all; the others do."""
     tok = build_word_tokenizer(PROMPTS)

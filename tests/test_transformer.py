@@ -128,10 +128,9 @@ def test_text_layout_sigma_scales_the_layout_code_by_the_complementary_gate():
         ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
-        dict(text_embed_dim=16, context_fusion="deep+shallow"),
         dict(patch_size=(4, 12, 16), level_growth=(1, 2, 2), tokenizer_patch=(1, 3, 4), num_classes=3),
     ],
-    ids=["text", "text-modulated", "class", "shallow", "deep+shallow", "nonsquare-growth122"],
+    ids=["text", "text-modulated", "class", "shallow", "nonsquare-growth122"],
 )
 def test_cached_level_forward_equals_joint_forward(kw):
     model = make(**kw)
@@ -191,7 +190,6 @@ def test_adaptive_computation_block_counts_and_flops():
         ("deep", True, False),
         ("none", False, False),
         ("shallow", False, True),
-        ("deep+shallow", False, True),
     ],
 )
 def test_context_gradient_flows_from_fine_loss_to_coarse_input(fusion, detach, expect_grad):

@@ -31,9 +31,7 @@ from .positions import LAYOUT_FREQUENCIES, layout_features, sincos_position_tabl
 from .presets import PRESETS
 from .rin import RINBlock
 
-FUSION_MODES = ("deep", "shallow", "deep+shallow", "none")
-DEEP_MODES = ("deep", "deep+shallow")  # token-space fusion before blocks (paper eq. 7-9)
-PIXEL_MODES = ("shallow", "deep+shallow")  # the coarse pixels next to the noisy input
+FUSION_MODES = ("deep", "shallow", "none")
 
 
 @dataclass
@@ -65,8 +63,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         mlp_ratio: MLP expansion.
         levels_per_block: adaptive computation (paper §4.3): block ``b`` runs the first ``levels_per_block[b]``
             levels. Non-decreasing, ending at ``num_levels``. ``None``: every block runs every level.
-        context_fusion: ``"deep"`` (paper), ``"shallow"`` (cascaded-style pixel concat), ``"deep+shallow"`` (both
-            paths; not in the paper, docs/probes.md) or ``"none"``.
+        context_fusion: ``"deep"`` (paper), ``"shallow"`` (cascaded-style pixel concat) or ``"none"``.
         detach_context: stop gradients from finer levels into coarser ones (ablation).
         use_coordinates: feed per-token global coordinates to the tokenizer and the fusion (ablation: ``False``).
         qk_norm: normalisation of queries and keys (``"rms_norm"`` keeps LAMB at lr 5e-3 stable), or ``None``.
@@ -192,7 +189,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
             raise ValueError(f"`latent_dim` ({latent_dim}) must be divisible by `num_heads` ({num_heads}).")
 
         voxels = in_channels * math.prod(tokenizer_patch)
-        pixel_in = voxels * (2 if context_fusion in PIXEL_MODES else 1)
+        pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
         self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
         self.in_modulation = nn.Linear(latent_dim, voxels) if input_modulation else None
         if input_conv_channels is not None and not input_conv_channels >= 1:
@@ -239,7 +236,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         )
         self.fusion = (
             nn.ModuleList([DeepContextFusion(token_dim) for _ in range(num_blocks)])
-            if context_fusion in DEEP_MODES
+            if context_fusion == "deep"
             else None
         )
         self.norm_out = nn.LayerNorm(token_dim, elementwise_affine=not output_modulation)
@@ -372,7 +369,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
             parts[0] = parts[0] * gate[:, None, None]
         if self.in_modulation is not None:
             parts[0] = parts[0] * (1 + self.in_modulation(nn.functional.silu(t_emb)))[:, None]
-        if self.config.context_fusion in PIXEL_MODES:
+        if self.config.context_fusion == "shallow":
             ctx = torch.zeros_like(x) if ctx_pixels is None else ctx_pixels
             parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
         parts.append(coords)
@@ -578,7 +575,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         flat_boxes = boxes.reshape(B * L, 6)
         coords = self._coords(flat_boxes, dtype)  # (B*L, T, 3)
         ctx_pixels = None
-        if self.config.context_fusion in PIXEL_MODES:
+        if self.config.context_fusion == "shallow":
             ctx_pixels = self._shallow_context_joint(x, boxes).flatten(0, 1)
         ehs, ehs_mask, drop = rep(ehs), rep(ehs_mask), rep(drop)
         t_emb, cond, bias = self._conditioning(
@@ -654,7 +651,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         dtype = x.dtype
         coords = self._coords(boxes, dtype)
         ctx_pixels = None
-        if needs_context and fusion in PIXEL_MODES:
+        if needs_context and fusion == "shallow":
             ctx_pixels = 0
             for c, idx in zip(context, context_indices):
                 idx = idx.to(c.pixels.device)
@@ -679,7 +676,7 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
                     tokens = self.fusion[b](tokens, ctx, coords)
             tokens, z = self._run_block(b, tokens, z, cond, bias)
         if record:
-            pixels = x if fusion in PIXEL_MODES else None
+            pixels = x if fusion == "shallow" else None
             return None, LevelContext(level, boxes.detach(), features, pixels)
         return self._detokenize(tokens, t_emb), None
 
