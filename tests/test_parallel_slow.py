@@ -4,6 +4,7 @@ and ``accelerate launch ... -m diffusers_hpdm.cli generate`` writes the video ``
 (process launches): ``pytest -m slow tests/test_parallel_slow.py``."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,13 @@ ENV = {
 BIN = Path(sys.executable).parent
 
 
+def free_port() -> str:
+    """A port nobody listens on (torchrun's ``--master_port 0`` gives each worker its own port and they never meet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def _run(cmd, log: Path, timeout=900) -> str:
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
@@ -49,7 +57,7 @@ def runs(tmp_path_factory):
                 "--nproc_per_node",
                 str(n),
                 "--master_port",
-                "0",
+                free_port(),
                 str(WORKER),
                 str(tmp / f"r{n}"),
             ]
