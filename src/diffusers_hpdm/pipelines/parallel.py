@@ -13,12 +13,14 @@ with one process every method is a no-op and the pipeline runs exactly as before
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import torch
-from diffusers.utils import logging
 
-logger = logging.get_logger(__name__)
+# Python's logger, not diffusers' get_logger: that one drops records of every process but rank 0, and each process
+# says what it took.
+logger = logging.getLogger(__name__)
 
 PARALLEL_MODES = ("auto", "tiles", "videos", "none")
 

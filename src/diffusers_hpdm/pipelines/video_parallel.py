@@ -9,14 +9,17 @@ post-processed as asked.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
-from diffusers.utils import logging
 
 from .parallel import PARALLEL_MODES, ProcessShare
 from .pipeline_output import HPDMPipelineOutput
 
-logger = logging.get_logger(__name__)
+# Python's logger, not diffusers' get_logger: that one drops records of every process but rank 0, and each process
+# says what it took.
+logger = logging.getLogger(__name__)
 
 
 def parallel_mode(parallel: str, share: ProcessShare, num_videos: int, generator) -> str:
