@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -171,7 +172,7 @@ def main() -> None:
                 stats = res["stats"]
             print(f"round {r}: {name} {res['seconds']:.1f} s (load {res['loadavg']:.1f})", flush=True)
     for v in times.values():
-        v["median_s"] = sorted(v["seconds"])[len(v["seconds"]) // 2]
+        v["median_s"] = statistics.median(v["seconds"])
     frames = {n: torch.load(tmp / f"bench_parallel_{n}.pt") for n in CONFIGS}
     per_level = {}
     for level in sorted({int(k) for s in stats for k in s}):
