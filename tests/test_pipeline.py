@@ -26,14 +26,19 @@ def tiny_model(**kw) -> HPDMTransformer:
     return randomize_(HPDMTransformer(**{**cfg, **kw}), std=0.02).eval()
 
 
-@pytest.fixture(scope="module")
-def pipe():
+def pipe_factory() -> HierarchicalPatchPipeline:
+    """The tiny text-to-video pipeline of these tests (3 levels, 2x8x8 patches, 2x32x32 output)."""
     tok = build_word_tokenizer(PROMPTS + ["blurry"])
     p = HierarchicalPatchPipeline(
         tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
     )
     p.set_progress_bar_config(disable=True)
     return p
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return pipe_factory()
 
 
 def run(pipe, prompt=PROMPTS[0], seed=0, **kw):

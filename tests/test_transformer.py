@@ -487,7 +487,7 @@ def test_bad_inputs_raise():
         )
 
 
-@pytest.mark.parametrize("name", ["hpdm-s", "hpdm-t2v", "tiny", "tiny-t2v", "tiny-t2v-4"])
+@pytest.mark.parametrize("name", ["hpdm-s", "hpdm-t2v", "tiny", "tiny-t2v", "tiny-t2v-4", "tiny-t2v-1k"])
 def test_presets_build_with_table8_geometry(name):
     if name.startswith("hpdm"):
         with torch.device("meta"):
@@ -500,6 +500,7 @@ def test_presets_build_with_table8_geometry(name):
         "tiny": (16, 64, 64),
         "tiny-t2v": (16, 64, 64),
         "tiny-t2v-4": (64, 288, 512),
+        "tiny-t2v-1k": (16, 576, 1024),
     }
     assert model.level_sizes[-1] == expected_final[name]
     if name == "hpdm-s":

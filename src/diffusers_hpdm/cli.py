@@ -2,6 +2,7 @@
 
 hpdm generate "a red circle moving right slowly on a gray background" --model models/hpdm-shapes-demo --out v.mp4
 hpdm generate "a red circle moving right slowly on a gray background" --video coarse.gif --out sr.mp4
+accelerate launch --config_file examples/configs/ddp_cpu.yaml -m diffusers_hpdm.cli generate "..." --out v.mp4
 hpdm make-dataset data/synthetic --num-videos 2000
 hpdm evaluate --model models/hpdm-shapes-demo --num-videos 64 --out eval.json
 """
@@ -70,6 +71,32 @@ def _read_video(path: str):
     return read_frames(src)
 
 
+def _numbered(path: Path, i: int, n: int) -> Path:
+    """``out.mp4`` for one video; ``out_0.mp4``, ``out_1.mp4``, ... for several."""
+    return path if n == 1 else path.with_name(f"{path.stem}_{i}{path.suffix}")
+
+
+def _distributed_state():
+    """Under ``accelerate launch`` (several processes): accelerate's ``PartialState``, which initialises
+    ``torch.distributed`` (gloo on CPU processes, NCCL on GPUs); else ``None``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import logging
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("diffusers_hpdm")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)  # each process says how many tiles (or videos) it took
+    return state
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -80,11 +107,21 @@ def cmd_generate(args) -> int:
     out = check_output_path(args.out, "--out", (".mp4", ".gif"))
     if args.contact_sheet:
         check_output_path(args.contact_sheet, "--contact-sheet", (".png", ".jpg", ".jpeg", ".webp"))
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    state = _distributed_state()
     video = _read_video(args.video) if args.video else None
     pipe = _load_pipeline(args.model, args.bf16, args.compile)
+    if state is not None:
+        pipe.to(state.device)
+    # one prompt: one generator (as always); several: video i from seed + i, so each process can take whole videos
+    generator = (
+        torch.Generator().manual_seed(args.seed)
+        if len(prompts) == 1
+        else [torch.Generator().manual_seed(args.seed + i) for i in range(len(prompts))]
+    )
     try:
         result = pipe(
-            args.prompt,
+            prompts[0] if len(prompts) == 1 else prompts,
             video=video,
             negative_prompt=args.negative_prompt,
             num_frames=args.num_frames,
@@ -99,19 +136,24 @@ def cmd_generate(args) -> int:
             context_sigma=args.context_sigma,
             num_levels=args.num_levels,
             offload_context=args.offload_context,
-            generator=torch.Generator().manual_seed(args.seed),
+            generator=generator,
             return_levels=True,
+            parallel=args.parallel,
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    save_video(result.frames[0], out, fps=args.fps)  # atomic and read back: an OSError leaves an old file intact
-    print(f"wrote {out} ({result.frames.shape[1]} frames, {result.frames.shape[2]}x{result.frames.shape[3]})")
-    if args.contact_sheet:
-        sheet = contact_sheet([lv[0] for lv in result.levels])
-        save_image(sheet, args.contact_sheet)
-        print(f"wrote {args.contact_sheet} (one row per level, coarse to fine)")
-    if args.detect:
-        _print_detection(args.prompt, result.frames[0])
+    if state is not None and not state.is_main_process:
+        return 0  # every process holds the same videos; only the main process writes them
+    for i, prompt in enumerate(prompts):
+        path = _numbered(out, i, len(prompts))
+        save_video(result.frames[i], path, fps=args.fps)  # atomic and read back: an OSError leaves an old file
+        print(f"wrote {path} ({result.frames.shape[1]} frames, {result.frames.shape[2]}x{result.frames.shape[3]})")
+        if args.contact_sheet:
+            sheet_path = _numbered(Path(args.contact_sheet), i, len(prompts))
+            save_image(contact_sheet([lv[i] for lv in result.levels]), sheet_path)
+            print(f"wrote {sheet_path} (one row per level, coarse to fine)")
+        if args.detect:
+            _print_detection(prompt, result.frames[i])
     return 0
 
 
@@ -206,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_vocabulary_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT)
+    g.add_argument("prompt", nargs="*", help="one or more prompts (several: --out X.mp4 writes X_0.mp4, X_1.mp4, ...)")
     g.add_argument("--model", default=DEFAULT_MODEL, help="a saved HierarchicalPatchPipeline folder")
     g.add_argument("--out", default="outputs/video.mp4", help=".mp4 or .gif")
     g.add_argument("--contact-sheet", default=None, help="also write a PNG with every level's video")
@@ -231,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--num-levels", type=positive_int, default=None, help="stop after this many pyramid levels")
     g.add_argument("--offload-context", action="store_true", help="keep the context cache on the CPU")
+    g.add_argument(
+        "--parallel",
+        default="auto",
+        choices=["auto", "tiles", "videos", "none"],
+        help="under accelerate launch: split each step's tiles, or whole videos, over the processes (auto: videos "
+        "when there are at least as many as processes)",
+    )
     g.add_argument("--bf16", action="store_true", help="run the transformer in bfloat16")
     g.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks (pays off for many videos)")
     g.add_argument(

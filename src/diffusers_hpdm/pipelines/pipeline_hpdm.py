@@ -10,19 +10,22 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..geometry import AXES, context_chain
+from ..geometry import AXES
 from ..hardware import warn_if_bf16_is_emulated
 from ..models import HPDMTransformer, LevelContext
 from ..schedulers import HPDMScheduler
 from .checksums import ChecksumMixin
+from .context_exchange import context_rows_needed
 from .hub_loading import HubLoadingMixin
 from .inputs import check_inputs
+from .parallel import ProcessShare
 from .pipeline_output import HPDMPipelineOutput
 from .prompt_encoding import PromptEncodingMixin
 from .tiled_denoiser import Conditioning, TiledDenoiser
-from .tiling import TiledCanvas
+from .tiling import level_plans
 from .validation import check_callback_result
 from .video_input import VideoInput, check_video, preprocess_video, video_pyramid
+from .video_parallel import parallel_mode, split_videos
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -186,6 +189,7 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int = 16,
+        parallel: str = "auto",
     ) -> HPDMPipelineOutput | tuple:
         r"""Generate videos coarse to fine, or (``video=``) only the levels finer than a given video.
 
@@ -244,6 +248,14 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
                 ``negative_prompt_embeds`` (``(B, S, E)``, same shape; ``negative_prompt_embeds`` is ``None``
                 when the learned null conditioning is the unconditional branch). Finished levels' cached context
                 keeps the conditioning it was computed with. Set ``pipe._interrupt = True`` to stop.
+            parallel: how the processes of an initialised ``torch.distributed`` (``accelerate launch``) share the
+                work (docs/large_videos.md). ``"tiles"``: at every level > 0 each process denoises its share of
+                every step's tiles and of the context pass, the weighted sums are all-reduced (level 0 runs
+                replicated); ``"videos"``: each process samples whole videos (one generator per video, or none),
+                gathered on every process; ``"auto"``: ``"videos"`` when there are at least as many videos as
+                processes and ``generator`` is a list (or ``None``), else ``"tiles"``; ``"none"``: every process
+                runs the whole call. Every process returns the same output, equal to one process' within rounding.
+                Every process must make the same call (same arguments, generators in the same state).
         Returns:
             ``HPDMPipelineOutput`` (or ``(frames,)`` / ``(frames, levels)`` when ``return_dict=False``).
         """
@@ -258,6 +270,25 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
             prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
             max_sequence_length=max_sequence_length, callback_on_step_end=callback_on_step_end,
         )  # fmt: skip
+        share = ProcessShare.from_torch_distributed()
+        mode = parallel_mode(parallel, share, batch * num_videos_per_prompt, generator)
+        if mode == "videos":  # each process samples whole videos: the same call on its share, then gathered
+            return split_videos(self, share, batch, dict(
+                prompt=prompt, negative_prompt=negative_prompt, class_labels=class_labels, video=video,
+                num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+                level_steps=level_steps, guidance_scale=guidance_scale, num_videos_per_prompt=num_videos_per_prompt,
+                generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+                negative_prompt_attention_mask=negative_prompt_attention_mask, overlap_axes=overlap_axes,
+                blending=blending, shift_tiles=shift_tiles, tile_batch_size=tile_batch_size,
+                cache_context=cache_context, offload_context=offload_context, context_sigma=context_sigma,
+                num_levels=num_levels, output_type=output_type, return_dict=return_dict, return_levels=return_levels,
+                attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                max_sequence_length=max_sequence_length,
+            ))  # fmt: skip
+        share = share if mode == "tiles" else ProcessShare()
+        self.parallel_share = share  # what this process did (`ProcessShare.stats`), for benchmarks and logs
         video_level = -1  # the level of the given video (-1: none; every level is sampled)
         if latents is not None and video is not None:
             raise ValueError("`latents` is level 0's initial noise, but with `video=` level 0 is given: drop one.")
@@ -287,7 +318,9 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
         conditioning = Conditioning(
             embeds, mask, neg_embeds, neg_mask, labels, num_videos, device, self.do_classifier_free_guidance
         )
-        denoiser = TiledDenoiser(tm, self.scheduler, conditioning, tile_batch_size, attention_kwargs)
+        denoiser = TiledDenoiser(tm, self.scheduler, conditioning, tile_batch_size, attention_kwargs, share)
+        if share.is_parallel and generator is None:  # every process must draw the same noise
+            generator = torch.Generator(device).manual_seed(share.broadcast_seed(device))
 
         # 3. The given video (super-resolution): it and its downsamplings stand in for levels 0..video_level
         sizes = tm.level_sizes
@@ -307,20 +340,17 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
             evaluations.append(len(self.scheduler.timesteps))
         self._num_timesteps = sum(evaluations)
         context: list[LevelContext] = []
-        ctx_inputs, chains_boxes, levels_out = [], [], []
+        ctx_inputs, levels_out = [], []
         step_count = 0
         reuse_context = cache_context or cfg.context_fusion == "none"
+        # With shift_tiles, evaluations alternate between the plan and the plan moved by half a stride; the
+        # context pass and the finer levels' chains use the plan.
+        all_tilers, all_chains = level_plans(
+            sizes[: last_level + 1], cfg.patch_size, overlap_axes, blending, shift_tiles
+        )
         for level in range(last_level + 1):
-            # With shift_tiles, evaluations alternate between the plan and the plan moved by half a stride; the
-            # context pass and the finer levels' chains use the plan.
-            tilers = (
-                TiledCanvas.shifted_pair(sizes[level], cfg.patch_size, overlap_axes, blending)
-                if shift_tiles
-                else [TiledCanvas(sizes[level], cfg.patch_size, overlap_axes, blending)]
-            )
+            tilers, chains = all_tilers[level], all_chains[level]
             tiler = tilers[0]
-            chains_boxes.append(tiler.boxes())
-            chains = [context_chain([*chains_boxes[:level], t.boxes()], level) if level else [] for t in tilers]
             self.scheduler.set_timesteps(num_inference_steps, level=level, device=device, level_steps=level_steps)
             if level <= video_level:  # given, not sampled: no noise drawn, no steps (their indices are skipped)
                 latents = given[level]
@@ -348,7 +378,14 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
                 # Only the uncached path re-reads the re-noised inputs at every finer step; the cache replaces them.
                 ctx_inputs.append(None if cache_context else inputs)
                 if cache_context:
-                    ctx = denoiser.context_pass(inputs, level, chains[0], context)
+                    needed = None
+                    if share.is_parallel and level > 0:  # the rows each process's finer tiles read
+                        needed = [
+                            context_rows_needed(level, len(tiler), all_chains, num_videos,
+                                                len(denoiser.streams.video), last_level, q, share.world_size)
+                            for q in range(share.world_size)
+                        ]  # fmt: skip
+                    ctx = denoiser.context_pass(inputs, level, chains[0], context, needed)
                     context.append(ctx.to("cpu") if offload_context else ctx)
 
         # 7. Post-process

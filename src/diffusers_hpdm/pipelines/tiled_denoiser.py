@@ -2,7 +2,8 @@
 into one canvas estimate, and the context pass that caches a finished level for the finer ones.
 
 ``HierarchicalPatchPipeline`` owns the loop over levels and steps; a ``TiledDenoiser`` owns what one call needs
-for every transformer evaluation: the conditioning of each stream and the tile batch size.
+for every transformer evaluation: the conditioning of each stream, the tile batch size and this process' share of
+the tiles when several processes sample together (``parallel``, DESIGN §8).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..models import HPDMTransformer, LevelContext
 from ..schedulers import HPDMScheduler
+from .context_exchange import exchange_context
+from .parallel import ProcessShare
 from .tiling import TiledCanvas
 
 
@@ -115,6 +118,9 @@ class TiledDenoiser:
         conditioning: the call's conditioning, from which every stream is built.
         tile_batch_size: (video, tile) pairs per transformer call; results do not depend on it.
         attention_kwargs: passed to every transformer call.
+        share: this process' place among the processes sampling together (default: one process). At levels > 0
+            each process denoises its contiguous share of the (video, tile) pairs and the weighted sums are
+            all-reduced; level 0 (one tile per video) runs replicated.
     """
 
     def __init__(
@@ -124,10 +130,26 @@ class TiledDenoiser:
         conditioning: Conditioning,
         tile_batch_size: int,
         attention_kwargs: dict | None = None,
+        share: ProcessShare | None = None,
     ):
         self.transformer, self.scheduler, self.conditioning = transformer, scheduler, conditioning
         self.streams = conditioning.streams()
         self.tile_batch_size, self.attention_kwargs = tile_batch_size, attention_kwargs
+        self.share = share or ProcessShare()
+        self.context_tiles: list[int] = []  # per cached level: tiles per stream
+        self.row_maps: list[torch.Tensor | None] = []  # per cached level: global row -> held row (None: all held)
+
+    def context_rows(
+        self, chain: list[torch.Tensor], tile_ids: torch.Tensor, stream_ids: torch.Tensor, level: int
+    ) -> list[torch.Tensor] | None:
+        """Per coarser level ``k``, ``(N,)`` the row of the held cache ``k`` that each (stream, tile) reads."""
+        if not level or not self.context_tiles:  # level 0, or "none" fusion: no context
+            return None
+        rows = []
+        for k in range(level):
+            row = chain[k][tile_ids] + stream_ids * self.context_tiles[k]  # stream-major global row
+            rows.append(row if self.row_maps[k] is None else self.row_maps[k][row])
+        return rows
 
     def update_conditioning(self, tensors: dict) -> None:
         """Replace the embeddings a callback returned (``Conditioning.replace``) and rebuild the streams."""
@@ -161,6 +183,10 @@ class TiledDenoiser:
         acc = tiler.new_accumulator(canvas)
         boxes = tiler.boxes().to(canvas.device)
         items = [(v, j) for v in range(B) for j in range(n_tiles)]
+        if level > 0:  # this process' share of the (video, tile) pairs; level 0 runs replicated
+            first, stop = self.share.share(len(items))
+            self.share.record_tiles(level, stop - first, len(items))
+            items = items[first:stop]
         for start in range(0, len(items), self.tile_batch_size):
             batch = items[start : start + self.tile_batch_size]
             vids, tiles = [v for v, _ in batch], [j for _, j in batch]
@@ -177,9 +203,7 @@ class TiledDenoiser:
             if context is None and level > 0:  # reference path: recompute the coarse chain at every step
                 out = self._joint_chain(x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw)
             else:
-                idx = None
-                if level > 0 and context:  # "none" fusion leaves no context
-                    idx = [chain[k][tile_ids] + stream_ids * context[k].boxes.shape[0] // S for k in range(level)]
+                idx = self.context_rows(chain, tile_ids, stream_ids, level) if context else None
                 out = tm(
                     x_in, t, boxes[tile_ids], level=level, context=context, context_indices=idx,
                     attention_kwargs=self.attention_kwargs, **kw,
@@ -189,6 +213,8 @@ class TiledDenoiser:
                 d_cond, d_uncond = denoised.chunk(2)
                 denoised = d_uncond + guidance_scale * (d_cond - d_uncond)
             tiler.accumulate(acc, denoised, vids, tiles)
+        if level > 0:
+            self.share.all_reduce_sum_(acc, level)  # the weighted sums of every share
         return tiler.normalize(acc)
 
     def _joint_chain(self, x_in, t, boxes, tile_ids, stream_ids, level, chain, ctx_inputs, kw):
@@ -232,18 +258,43 @@ class TiledDenoiser:
         return inputs, c_noise.to(canvas.device), tiler.boxes().to(canvas.device)
 
     def context_pass(
-        self, ctx_inputs: tuple, level: int, chain: list[torch.Tensor], context: list[LevelContext]
+        self,
+        ctx_inputs: tuple,
+        level: int,
+        chain: list[torch.Tensor],
+        context: list[LevelContext],
+        needed: list[torch.Tensor] | None = None,
     ) -> LevelContext:
-        """Record the context of every tile of a finished level for every stream (tiles ordered stream-major)."""
+        """Record the context of every tile of a finished level for every stream (rows ordered stream-major).
+
+        With several processes (level > 0, ``needed`` given: per process, ``context_rows_needed``), each process
+        computes its share of the rows and the processes exchange them: the result holds the rows ``needed[rank]``
+        (``self.row_maps`` maps global rows to them)."""
         inputs, c_noise, boxes = ctx_inputs
         S, n_tiles = inputs.shape[:2]
-        parts = []
         items = [(s, j) for s in range(S) for j in range(n_tiles)]
+        split = level > 0 and self.share.is_parallel and needed is not None
+        first, stop = self.share.share(len(items)) if split else (0, len(items))
+        # an empty share still computes one row: its shapes tell what the others send
+        parts = self._context_rows(inputs, c_noise, boxes, level, chain, context, items[first:stop] or items[:1])
+        own = LevelContext.concat(parts)
+        self.context_tiles.append(n_tiles)
+        if not split:
+            self.row_maps.append(None)
+            return own
+        own = own.select(torch.arange(stop - first))
+        held, row_map = exchange_context(self.share, own, (first, stop), needed, boxes.repeat(S, 1))
+        self.row_maps.append(row_map)
+        return held
+
+    def _context_rows(self, inputs, c_noise, boxes, level, chain, context, items) -> list[LevelContext]:
+        """``compute_context`` on the (stream, tile) ``items``, ``tile_batch_size`` at a time."""
+        parts = []
         for start in range(0, len(items), self.tile_batch_size):
             batch = items[start : start + self.tile_batch_size]
             s_ids = torch.tensor([s for s, _ in batch])
             j_ids = torch.tensor([j for _, j in batch])
-            idx = [chain[k][j_ids] + s_ids * context[k].boxes.shape[0] // S for k in range(level)] if level else None
+            idx = self.context_rows(chain, j_ids, s_ids, level)
             parts.append(
                 self.transformer.compute_context(
                     inputs[s_ids, j_ids],
@@ -256,4 +307,4 @@ class TiledDenoiser:
                     **self.streams.take(s_ids),
                 )  # fmt: skip
             )
-        return LevelContext.concat(parts)
+        return parts

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..geometry import AXES, TilePlan, axis_stride, tile_plan
+from ..geometry import AXES, TilePlan, axis_stride, context_chain, tile_plan
 
 BLENDINGS = ("uniform", "smooth")
 
@@ -95,3 +95,26 @@ class TiledCanvas:
     def normalize(self, acc: torch.Tensor) -> torch.Tensor:
         """The weighted average: ``acc / sum of weights`` per voxel."""
         return acc * self.inv_den.to(acc)
+
+
+def level_plans(
+    sizes: Sequence[Sequence[int]], patch_size: Sequence[int], overlap_axes, blending: str, shift_tiles: bool
+) -> tuple[list[list[TiledCanvas]], list[list[list[torch.Tensor]]]]:
+    """Every level's tile plans and context chains, fixed for the whole call.
+
+    Returns:
+        per level, its plans (``shift_tiles``: the plan and the plan moved by half a stride, which evaluations
+        alternate between; else the plan alone), and per level, per plan, per coarser level ``k``, ``(n_tiles,)``
+        the cached tile of ``k`` each tile reads (``geometry.context_chain``; the coarser levels' first plans are
+        the cached ones).
+    """
+    tilers = [
+        TiledCanvas.shifted_pair(size, patch_size, overlap_axes, blending)
+        if shift_tiles
+        else [TiledCanvas(size, patch_size, overlap_axes, blending)]
+        for size in sizes
+    ]
+    cached = [t[0].boxes() for t in tilers]
+    chains = [[context_chain([*cached[:level], t.boxes()], level) if level else [] for t in plans]
+              for level, plans in enumerate(tilers)]  # fmt: skip
+    return tilers, chains
