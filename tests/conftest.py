@@ -31,9 +31,12 @@ def _threads():
 
 
 def rounding_atol(scale, depth: float, dtype: torch.dtype = torch.float32) -> float:
-    """``depth * eps(dtype) * scale``: how far rounding alone can move a result whose computation carries values up to
-    ``scale`` in magnitude through ``depth`` roundings (or amplifies one rounding ``depth`` times)."""
-    return float(depth) * torch.finfo(dtype).eps * float(scale)
+    """``depth * eps(dtype) * max(scale, smallest_normal)``: how far rounding alone can move a result whose
+    computation carries values up to ``scale`` in magnitude through ``depth`` roundings (or amplifies one rounding
+    ``depth`` times). Below the smallest normal number the spacing of representable values stops shrinking (subnormals
+    are ``eps * smallest_normal`` apart), so the bound does not shrink below that either."""
+    info = torch.finfo(dtype)
+    return float(depth) * info.eps * max(float(scale), info.smallest_normal)
 
 
 def log2_length(n: int) -> int:
@@ -87,7 +90,8 @@ def assert_close_rounding(actual, expected, depth: float, scale=None, dtype: tor
         scale = _max_abs(expected)
     assert actual.shape == expected.shape, f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)} {msg}"
     diff = (actual.double() - expected.double()).abs()
-    bound = torch.as_tensor(scale, dtype=torch.float64) * (float(depth) * torch.finfo(dtype).eps)
+    info = torch.finfo(dtype)  # as rounding_atol: no finer than the subnormal spacing
+    bound = torch.as_tensor(scale, dtype=torch.float64).clamp(min=info.smallest_normal) * (float(depth) * info.eps)
     err = _max_abs(diff)
     _log(err, _max_abs(bound))
     assert not diff.isnan().any() and (diff <= bound).all(), (
