@@ -19,7 +19,8 @@ _CHUNK = 1 << 16
 _os_write = os.write  # indirection so that tests can simulate a full disk mid-file
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so that a rename inside it is durable (a no-op where the filesystem cannot)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -102,7 +103,7 @@ def atomic_path(path: str | os.PathLike, check: Callable[[Path], None] | None = 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..io_atomic import fsync_dir
+
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_SUFFIX = ".tmp"
 OLD_SUFFIX = TMP_SUFFIX + ".old"  # the previous copy of a step being re-saved
@@ -90,7 +92,7 @@ def remove_incomplete(output_dir: str | os.PathLike) -> list[Path]:
         final = checkpoint_path(root, int(m.group(1))) if m else None
         if final is not None and not final.exists() and (child / TRAINING_STATE_NAME).is_file():
             os.replace(child, final)
-            _fsync_dir(root)
+            fsync_dir(root)
     for child in root.iterdir():
         if child.name.startswith(CHECKPOINT_PREFIX) and child.name.endswith((TMP_SUFFIX, OLD_SUFFIX, DELETE_SUFFIX)):
             shutil.rmtree(child, ignore_errors=True)
@@ -127,17 +129,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems do not fsync directories
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def commit_directory(tmp: Path, final: Path) -> None:
@@ -151,9 +143,9 @@ def commit_directory(tmp: Path, final: Path) -> None:
         if old.exists():  # a stale copy; `final` is complete, so it is not the step's only one
             shutil.rmtree(old)
         os.replace(final, old)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
