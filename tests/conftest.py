@@ -1,7 +1,9 @@
+import importlib.util
 import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +110,28 @@ def randomize_(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torc
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * std)
     return model
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The example training script, in process, and a tiny dataset for it (test_training*, test_training_integrations)
+# ------------------------------------------------------------------------------------------------------------------
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    examples = str(ROOT_DIR / "examples")
+    if examples not in sys.path:  # the script imports its sibling modules, as `python examples/train_t2v.py` does
+        sys.path.insert(0, examples)
+    spec = importlib.util.spec_from_file_location("train_t2v", ROOT_DIR / "examples" / "train_t2v.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory):
+    from diffusers_hpdm.data import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("data"), num_videos=8, num_frames=4, height=16, width=16)

@@ -21,7 +21,6 @@ from pytorch_optimizer import Lamb as ReferenceLamb
 from safetensors.torch import load_file
 
 from diffusers_hpdm import HPDMScheduler, HPDMTransformer
-from diffusers_hpdm.data import generate_dataset
 from diffusers_hpdm.geometry import box_contains, extract_patches
 from diffusers_hpdm.models.transformer_hpdm import HPDMTransformerOutput
 from diffusers_hpdm.training import (
@@ -456,22 +455,6 @@ def test_sigkill_while_writing_a_checkpoint_loses_nothing(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # The example script, in process (single process, CPU)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def train_script():
-    examples = str(ROOT / "examples")
-    if examples not in sys.path:  # the script imports its sibling modules, as `python examples/train_t2v.py` does
-        sys.path.insert(0, examples)
-    spec = importlib.util.spec_from_file_location("train_t2v", ROOT / "examples" / "train_t2v.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def micro_data(tmp_path_factory):
-    return generate_dataset(tmp_path_factory.mktemp("data"), num_videos=8, num_frames=4, height=16, width=16)
 
 
 def _run(script, data, out, *extra):

@@ -1,10 +1,8 @@
 """``examples/train_t2v.py`` with diffusers' training-script conventions: LoRA mode (``--rank``), Hub-style datasets
 (``--dataset_name``, ``--video_column``, ``--caption_column``) and validation videos logged to the trackers."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from conftest import assert_close_rounding, randomize_, rounding_atol, transform
 from safetensors.torch import load_file
 
 from diffusers_hpdm import HierarchicalPatchPipeline
-from diffusers_hpdm.data import generate_dataset, load_hub_video_dataset
+from diffusers_hpdm.data import load_hub_video_dataset
 from diffusers_hpdm.training import log_videos
 from diffusers_hpdm.training.trackers import contact_sheet, encode_gif
 
@@ -24,22 +22,6 @@ MICRO = dict(
     patch_size=[2, 8, 8], num_levels=2, tokenizer_patch=[1, 4, 4], token_dim=16, latent_dim=32, num_latents=8,
     num_blocks=2, num_compute_layers=1, num_heads=2, levels_per_block=[1, 2], text_embed_dim=16,
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def train_script():
-    examples = str(ROOT / "examples")
-    if examples not in sys.path:  # the script imports its sibling modules, as `python examples/train_t2v.py` does
-        sys.path.insert(0, examples)
-    spec = importlib.util.spec_from_file_location("train_t2v", ROOT / "examples" / "train_t2v.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def micro_data(tmp_path_factory):
-    return generate_dataset(tmp_path_factory.mktemp("data"), num_videos=8, num_frames=4, height=16, width=16)
 
 
 def _run(script, out, *extra, data=None):
