@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_training import _run, micro_data, train_script  # noqa: F401  (fixtures)
+from test_training import _run
 
 from diffusers_hpdm.data import generate_dataset, load_video_dataset
 from diffusers_hpdm.training import (
