@@ -8,24 +8,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_pipeline import PROMPTS, run, tiny_model
+from test_pipeline import PROMPTS, pipe_factory, run, tiny_model
 
 from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler
 from diffusers_hpdm.pipelines.checksums import CHECKSUMS_NAME, verify_checksums
 from diffusers_hpdm.pipelines.vocabulary import unknown_words
-from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
 
 NAN, INF = float("nan"), float("inf")
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    tok = build_word_tokenizer(PROMPTS)
-    p = HierarchicalPatchPipeline(
-        tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
-    )
-    p.set_progress_bar_config(disable=True)
-    return p
+    return pipe_factory(PROMPTS)
 
 
 def embeds(batch=1, tokens=4, width=32):

@@ -26,9 +26,10 @@ def tiny_model(**kw) -> HPDMTransformer:
     return randomize_(HPDMTransformer(**{**cfg, **kw}), std=0.02).eval()
 
 
-def pipe_factory() -> HierarchicalPatchPipeline:
-    """The tiny text-to-video pipeline of these tests (3 levels, 2x8x8 patches, 2x32x32 output)."""
-    tok = build_word_tokenizer(PROMPTS + ["blurry"])
+def pipe_factory(vocabulary: list[str] | None = None) -> HierarchicalPatchPipeline:
+    """The tiny text-to-video pipeline of these tests (3 levels, 2x8x8 patches, 2x32x32 output); its word tokenizer
+    knows the words of ``vocabulary`` (default: ``PROMPTS`` and "blurry")."""
+    tok = build_word_tokenizer(PROMPTS + ["blurry"] if vocabulary is None else vocabulary)
     p = HierarchicalPatchPipeline(
         tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
     )

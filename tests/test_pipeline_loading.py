@@ -17,12 +17,11 @@ import yaml
 from conftest import TEST_THREADS
 from diffusers import DiffusionPipeline
 from diffusers.utils import dynamic_modules_utils
-from test_pipeline import PROMPTS, tiny_model
+from test_pipeline import PROMPTS, pipe_factory
 
 import diffusers_hpdm
-from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler, write_card_sample, write_model_card
+from diffusers_hpdm import HierarchicalPatchPipeline, write_card_sample, write_model_card
 from diffusers_hpdm.pipelines.hub_loading import LOADER_MODULE, write_loader
-from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "hpdm-shapes-demo"
@@ -38,12 +37,7 @@ def modules_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def pipe():
-    tok = build_word_tokenizer(PROMPTS)
-    p = HierarchicalPatchPipeline(
-        tiny_model(), HPDMScheduler(level_growth=(1, 2, 2)), build_tiny_text_encoder(tok, 32), tok
-    )
-    p.set_progress_bar_config(disable=True)
-    return p
+    return pipe_factory(PROMPTS)
 
 
 def frames(pipe, prompt=PROMPTS[0], **kw):

@@ -69,21 +69,8 @@ PRESETS: dict[str, dict] = {
         text_embed_dim=64,
     ),
     # Shaped like the paper's T2V-1K: 16 frames kept, height and width doubling (16x72x128 -> 16x576x1024).
-    "tiny-t2v-1k": dict(
-        **_RECOMMENDED,
-        patch_size=(16, 72, 128),
-        num_levels=4,
-        level_growth=(1, 2, 2),
-        tokenizer_patch=(1, 3, 4),
-        token_dim=32,
-        latent_dim=64,
-        num_latents=32,
-        num_blocks=6,
-        num_compute_layers=1,
-        num_heads=2,
-        levels_per_block=[1, 2, 2, 3, 3, 4],
-        text_embed_dim=64,
-    ),
+    "tiny-t2v-1k": None,  # filled below: "tiny-t2v-4" at 16x72x128 patches, 16 frames at every level
 }
 
 PRESETS["tiny-t2v"] = {**PRESETS["tiny"], "num_classes": None, "text_embed_dim": 64}
+PRESETS["tiny-t2v-1k"] = {**PRESETS["tiny-t2v-4"], "patch_size": (16, 72, 128), "level_growth": (1, 2, 2)}
