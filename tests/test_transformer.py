@@ -189,7 +189,7 @@ def test_adaptive_computation_block_counts_and_flops():
         ("deep", False, True),
         ("deep", True, False),
         ("none", False, False),
-        ("shallow", False, True),
+        ("shallow", False, False),  # the previous level's pixels only: level 2 reads level 1, never level 0
     ],
 )
 def test_context_gradient_flows_from_fine_loss_to_coarse_input(fusion, detach, expect_grad):
@@ -202,6 +202,17 @@ def test_context_gradient_flows_from_fine_loss_to_coarse_input(fusion, detach, e
     assert (g0 > 0) == expect_grad, g0
     if not expect_grad:
         assert g0 == 0.0
+
+
+def test_shallow_fusion_reads_the_previous_level_only():
+    """Paper §5: shallow fusion concatenates the RGB pixels of the previous level's patch, not an average over every
+    coarser level, so level 2's output depends on level 1's input and not at all on level 0's."""
+    model = make(context_fusion="shallow").train()
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 3, *TINY["patch_size"], requires_grad=True)
+    model(x, torch.randn(2, 3), boxes).sample[:, 2].pow(2).sum().backward()
+    assert x.grad[:, 1].abs().max() > 0
+    assert x.grad[:, 0].abs().max() == 0.0
 
 
 def test_expanded_base_reproduces_level0():

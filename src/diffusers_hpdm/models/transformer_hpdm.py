@@ -63,7 +63,8 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         mlp_ratio: MLP expansion.
         levels_per_block: adaptive computation (paper §4.3): block ``b`` runs the first ``levels_per_block[b]``
             levels. Non-decreasing, ending at ``num_levels``. ``None``: every block runs every level.
-        context_fusion: ``"deep"`` (paper), ``"shallow"`` (cascaded-style pixel concat) or ``"none"``.
+        context_fusion: ``"deep"`` (paper), ``"shallow"`` (the previous level's pixels concatenated to the input, the
+            paper's ablation) or ``"none"``.
         detach_context: stop gradients from finer levels into coarser ones (ablation).
         use_coordinates: feed per-token global coordinates to the tokenizer and the fusion (ablation: ``False``).
         qk_norm: normalisation of queries and keys (``"rms_norm"`` keeps LAMB at lr 5e-3 stable), or ``None``.
@@ -611,14 +612,12 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         return self._detokenize(tokens.flatten(0, 1), t_emb).unflatten(0, (B, L))
 
     def _shallow_context_joint(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Cascaded-style context (ablation): mean of the coarser patches' pixels resampled at each level's box."""
-        B, L = x.shape[:2]
+        """Shallow fusion's context (paper §5 ablation): the previous level's patch pixels, not averaged over the
+        coarser levels, resampled at each level's box. ``x`` ``(B, L, C, f, h, w)`` -> the same shape (zeros at
+        level 0)."""
         out = [torch.zeros_like(x[:, 0])]
-        for l in range(1, L):
-            acc = 0
-            for k in range(l):
-                acc = acc + self._sample_pixels(x[:, k], relative_box(boxes[:, l], boxes[:, k]))
-            out.append(acc / l)
+        for l in range(1, x.shape[1]):
+            out.append(self._sample_pixels(x[:, l - 1], relative_box(boxes[:, l], boxes[:, l - 1])))
         return torch.stack(out, dim=1)
 
     def _sample_pixels(self, pixels: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
@@ -651,13 +650,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         dtype = x.dtype
         coords = self._coords(boxes, dtype)
         ctx_pixels = None
-        if needs_context and fusion == "shallow":
-            ctx_pixels = 0
-            for c, idx in zip(context, context_indices):
-                idx = idx.to(c.pixels.device)
-                src = c.pixels[idx].to(x.device, dtype)
-                ctx_pixels = ctx_pixels + self._sample_pixels(src, relative_box(boxes, c.boxes[idx].to(x.device)))
-            ctx_pixels = ctx_pixels / level
+        if needs_context and fusion == "shallow":  # the previous level's pixels only (as in the joint forward)
+            parent, idx = context[level - 1], context_indices[level - 1]
+            idx = idx.to(parent.pixels.device)
+            src = parent.pixels[idx].to(x.device, dtype)  # (N, C, f, h, w)
+            ctx_pixels = self._sample_pixels(src, relative_box(boxes, parent.boxes[idx].to(x.device)))
         t_emb, cond, bias = self._conditioning(timestep, boxes, ehs, ehs_mask, class_labels, drop, dtype)
         layout = self._text_layout(boxes, ehs, ehs_mask, drop, dtype)
         tokens = self._tokenize(x, coords, ctx_pixels, t_emb, timestep, layout)
