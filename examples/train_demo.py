@@ -40,6 +40,15 @@ BASE_ARGS = [
     "--high_noise_fraction", "0.5", "--keep_condition_above_sigma", "10",
     "--model_overrides", json.dumps(MODEL_OVERRIDES),
 ]  # fmt: skip
+
+
+def base_args(context_fusion: str = "deep") -> list[str]:
+    """The base's training arguments with ``context_fusion`` set. A shallow-fused pyramid needs a shallow base:
+    `from_base` keeps the base's tokenizer, and only a shallow one has the context-pixel columns (docs/probes.md)."""
+    overrides = {**MODEL_OVERRIDES, "context_fusion": context_fusion}
+    return [*BASE_ARGS[:-1], json.dumps(overrides)]
+
+
 # Level-0 sampling of the bundled model: deterministic Heun (s_churn=0, the paper's text-to-video setting). EDM's
 # ImageNet-64 churn (s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.003) was compared on 24 held-out videos with
 # seeds 1000-1023 (not the evaluation seeds): direction 12% vs 29%, colour 92% for both, so churn stays off.
@@ -69,6 +78,10 @@ def main() -> int:
     p.add_argument("--work_dir", default="outputs/demo-training")
     p.add_argument("--eval_videos", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--context_fusion", choices=("deep", "shallow"), default="deep",
+        help="deep: the bundled model's; shallow: docs/probes.md, probe 5",
+    )  # fmt: skip
     args = p.parse_args()
 
     py, train = sys.executable, str(HERE / "train_t2v.py")
@@ -78,7 +91,8 @@ def main() -> int:
     # start over.
     common = ["--train_data_dir", args.data_dir, "--cache_videos", "--seed", str(args.seed),
               "--resume_from_checkpoint", "latest"]  # fmt: skip
-    run([py, train, *common, *BASE_ARGS, "--max_train_steps", str(args.base_steps), "--output_dir", str(base)])
+    run([py, train, *common, *base_args(args.context_fusion), "--max_train_steps", str(args.base_steps),
+         "--output_dir", str(base)])  # fmt: skip
     run([py, train, *common, *FINETUNE_ARGS, "--pretrained_base", str(base),
          "--max_train_steps", str(args.finetune_steps), "--output_dir", str(finetuned)])  # fmt: skip
     export(finetuned, args.output_dir)
@@ -139,7 +153,7 @@ def finish_card(args, summary: dict) -> None:
         f"`HPDMTransformer.from_base` and fine-tuned for {args.finetune_steps} steps (batch 8). "
         f"LAMB lr 5e-3, wd 0.01 (biases, norms and the zero-initialised output head without weight decay or layer "
         f"adaptation), cosine schedule, EMA, conditioning dropout 0.1 (none for samples above sigma 10), fp32.\n\n"
-        f"Base: `{shlex.join(BASE_ARGS)}`; fine-tune: `{shlex.join(FINETUNE_ARGS)}`."
+        f"Base: `{shlex.join(base_args(args.context_fusion))}`; fine-tune: `{shlex.join(FINETUNE_ARGS)}`."
     )
     files, caption = card_sample(args.output_dir)
     write_model_card(
