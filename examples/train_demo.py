@@ -34,11 +34,10 @@ MODEL_OVERRIDES = {
     "input_conv_channels": 16,
     "output_conv_channels": 16,
 }
-BASE_ARGS = [
+_BASE_TRAINING_ARGS = [
     "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "250",
     "--checkpointing_steps", "1000", "--logging_steps", "100", "--p_mean", "-0.4", "--p_std", "1.4",
     "--high_noise_fraction", "0.5", "--keep_condition_above_sigma", "10",
-    "--model_overrides", json.dumps(MODEL_OVERRIDES),
 ]  # fmt: skip
 
 
@@ -46,9 +45,10 @@ def base_args(context_fusion: str = "deep") -> list[str]:
     """The base's training arguments with ``context_fusion`` set. A shallow-fused pyramid needs a shallow base:
     `from_base` keeps the base's tokenizer, and only a shallow one has the context-pixel columns (docs/probes.md)."""
     overrides = {**MODEL_OVERRIDES, "context_fusion": context_fusion}
-    return [*BASE_ARGS[:-1], json.dumps(overrides)]
+    return [*_BASE_TRAINING_ARGS, "--model_overrides", json.dumps(overrides)]
 
 
+BASE_ARGS = base_args()  # the bundled model's base
 # Level-0 sampling of the bundled model: deterministic Heun (s_churn=0, the paper's text-to-video setting). EDM's
 # ImageNet-64 churn (s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.003) was compared on 24 held-out videos with
 # seeds 1000-1023 (not the evaluation seeds): direction 12% vs 29%, colour 92% for both, so churn stays off.
