@@ -52,7 +52,11 @@ VARIANTS = {
     # the per-level noise shift (paper §4.5; default sqrt(8) = 2.83 for 2x growth on every axis)
     "shallow-shift1": ({"context_fusion": "shallow"}, ["--level_noise_shift", "1"]),
     "shallow-shift2": ({"context_fusion": "shallow"}, ["--level_noise_shift", "2"]),
+    # base then fine-tune (the bundled recipe's shape): the 2-level shallow model starts from a trained 1-level
+    # model, `--base-dir`/paper-s<seed> (benchmarks/probe_level0.py's plain preset), instead of from scratch
+    "shallow-finetune": ({"context_fusion": "shallow"}, []),
 }
+FROM_BASE = {"shallow-finetune": "paper"}  # variant: the probe_level0 variant it fine-tunes
 ATTRIBUTES = ("colour", "shape", "direction")
 LEVEL_SIZES = [(4, 16, 16), (8, 32, 32)]  # tiny-t2v's patch, 2 levels
 
@@ -69,10 +73,16 @@ def train(variant: str, seed: int, args) -> Path:
         "--lr_warmup_steps", "50", "--ema_half_life", str(args.steps // 8), "--checkpointing_steps", "100000",
         "--logging_steps", "250", "--model_overrides", json.dumps(VARIANTS[variant][0]), *VARIANTS[variant][1], "--output_dir", str(out),
     ]  # fmt: skip
+    if variant in FROM_BASE:
+        base = Path(args.base_dir) / f"{FROM_BASE[variant]}-s{seed}"
+        if not (base / "model_index.json").exists():
+            raise FileNotFoundError(f"{variant} fine-tunes {base}: train it first with benchmarks/probe_level0.py.")
+        cmd += ["--pretrained_base", str(base)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), sum(os.times()[2:4])  # CPU seconds of finished children
     subprocess.run(cmd, check=True, env=env)
     (out / "probe_train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+    (out / "probe_train_cpu_seconds.txt").write_text(f"{sum(os.times()[2:4]) - cpu_before:.0f}\n")
     return out
 
 
@@ -178,6 +188,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--data-dir", default="data/shapes")
     p.add_argument("--work-dir", default="outputs/probe_context")
+    p.add_argument("--base-dir", default="outputs/probe_level0", help="the 1-level bases of *-finetune variants")
     p.add_argument("--num-videos", type=int, default=32)
     p.add_argument("--inference-steps", type=int, default=16, help="level 1 gets half (appendix C)")
     p.add_argument("--guidance", type=float, default=3.0)

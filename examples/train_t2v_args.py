@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--model_overrides",
         default=None,
-        help="JSON dict of HPDMTransformer config values overriding the preset, e.g. '{\"num_blocks\": 2}'.",
+        help="JSON dict of HPDMTransformer config values overriding the preset, e.g. '{\"num_blocks\": 2}'. "
+        "With --pretrained_base: values that keep the base's weight shapes, and context_fusion (HPDMTransformer.from_base).",
     )
     g.add_argument(
         "--text_encoder",

@@ -98,7 +98,8 @@ def build_transformer(args, text_encoder, num_classes: int | None) -> HPDMTransf
     if args.pretrained_base:
         base = HPDMTransformer.from_pretrained(args.pretrained_base, subfolder="transformer")
         num_levels = args.num_levels or base.config.num_levels
-        if num_levels == base.config.num_levels and lpb is None:
+        overrides = json.loads(args.model_overrides or "{}")  # e.g. {"context_fusion": "shallow"}
+        if num_levels == base.config.num_levels and lpb is None and not overrides:
             return base  # continue training the base as it is
         if text_encoder is not None and base.config.text_embed_dim != encoder_width(text_encoder):
             raise ValueError(
@@ -108,7 +109,10 @@ def build_transformer(args, text_encoder, num_classes: int | None) -> HPDMTransf
         if base.config.num_levels != 1:
             raise ValueError(f"--pretrained_base must be a 1-level model to expand, got {base.config.num_levels}.")
         return HPDMTransformer.from_base(
-            base, num_levels, levels_per_block=lpb or default_levels_per_block(base.config.num_blocks, num_levels)
+            base,
+            num_levels,
+            levels_per_block=lpb or default_levels_per_block(base.config.num_blocks, num_levels),
+            **overrides,
         )
     preset = PRESETS[args.preset]
     overrides = json.loads(args.model_overrides or "{}")

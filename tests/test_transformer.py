@@ -241,6 +241,36 @@ def test_expanded_base_reproduces_level0():
         assert torch.equal(f.proj.weight[:, :d], torch.eye(d)) and not f.proj.weight[:, d:].any()
 
 
+@pytest.mark.parametrize("base_fusion, fusion", [("deep", "shallow"), ("shallow", "deep"), ("none", "shallow")])
+def test_expanded_base_changes_fusion_and_keeps_level0(base_fusion, fusion):
+    """``from_base(..., context_fusion=...)``: a shallow pyramid from a deep base gets zero context-pixel columns in
+    its tokenizer, a deep one from a shallow base loses them; either way level 0 (whose context input is zeros)
+    computes what the base computed, up to the rounding of a different matmul width."""
+    torch.manual_seed(0)
+    config = {**TINY, "num_levels": 1, "levels_per_block": None, "context_fusion": base_fusion}
+    base = randomize_(HPDMTransformer(**config)).eval()
+    big = HPDMTransformer.from_base(base, num_levels=2, context_fusion=fusion).eval()
+    voxels = 3 * math.prod(TINY["tokenizer_patch"])
+    w_base, w_big = base.tokenizer.weight, big.tokenizer.weight
+    assert torch.equal(w_big[:, :voxels], w_base[:, :voxels]) and torch.equal(w_big[:, -3:], w_base[:, -3:])
+    if fusion == "shallow":
+        assert w_big.shape[1] == 2 * voxels + 3 and not w_big[:, voxels:-3].any()
+    else:
+        assert w_big.shape[1] == voxels + 3
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 2, generator=g)
+    x, t = torch.randn(2, 3, *TINY["patch_size"], generator=g), torch.randn(2, generator=g)
+    with torch.no_grad():
+        ref = base(x, t, boxes[:, 0], level=0).sample
+        assert_close_rounding(big(x, t, boxes[:, 0], level=0).sample, ref, transformer_depth(big.config))
+
+
+def test_expanded_base_rejects_overrides_that_change_weight_shapes():
+    base = HPDMTransformer(**{**TINY, "num_levels": 1, "levels_per_block": None})
+    with pytest.raises(ValueError, match="token_dim"):
+        HPDMTransformer.from_base(base, num_levels=2, token_dim=2 * TINY["token_dim"])
+
+
 def test_save_load_round_trip_is_bit_exact_and_safetensors_only(tmp_path):
     model = make(text_embed_dim=16, num_classes=4)
     model.save_pretrained(tmp_path)

@@ -328,7 +328,11 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         """An ``num_levels``-level model from a 1-level low-resolution base (paper §5.2, table 8).
 
         Every weight is copied; each level's latents start from the base's level-0 latents; the fusion projections
-        start as pass-through. Level 0 then computes exactly what the base computed.
+        start as pass-through. Level 0 then computes what the base computed. ``overrides`` change config values
+        that keep the weights' shapes, and ``context_fusion``: a base of any fusion mode can start a shallow
+        pyramid (the tokenizer's context-pixel columns start at zero, so new levels first ignore their context,
+        as deep fusion's pass-through start does) or a deep / no-fusion one (the columns are dropped; level 0's
+        context input is zeros, so they never contributed).
         """
         config = {k: v for k, v in base.config.items() if not k.startswith("_")}
         config.update(num_levels=num_levels, levels_per_block=levels_per_block, **overrides)
@@ -336,7 +340,17 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         state = base.state_dict()
         state["latents"] = base.latents.detach()[:1].repeat(num_levels, 1, 1)
         state = {k: v for k, v in state.items() if not k.startswith("fusion.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        voxels = base.config.in_channels * math.prod(base.config.tokenizer_patch)
+        was_shallow, is_shallow = base.config.context_fusion == "shallow", model.config.context_fusion == "shallow"
+        if was_shallow != is_shallow:
+            w = state["tokenizer.weight"]  # (D_tok, [pixels | context pixels (shallow) | coordinates])
+            pixels, coords = w[:, :voxels], w[:, -3:]
+            parts = [pixels, torch.zeros_like(pixels), coords] if is_shallow else [pixels, coords]
+            state["tokenizer.weight"] = torch.cat(parts, dim=1)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a size mismatch
+            raise ValueError(f"`overrides` {overrides} change weight shapes of the base: {e}") from None
         if unexpected or any(not k.startswith("fusion.") for k in missing):
             raise ValueError(f"Base and target configs are incompatible: missing={missing}, unexpected={unexpected}.")
         if model.fusion is not None:
