@@ -19,15 +19,16 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin
-from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
+from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, apply_lora_scale
-from einops import rearrange
 from torch import nn
 
-from ..geometry import AXES, check_divisible, context_chain, level_sizes, relative_box, token_coordinates
+from ..geometry import AXES, check_divisible, context_chain, level_sizes, relative_box
+from .conditioning import ConditioningMixin
 from .context import DeepContextFusion, LevelContext, gather_context, sample_boxes
-from .positions import LAYOUT_FREQUENCIES, layout_features, sincos_position_table
+from .patch_io import PatchIOMixin
+from .positions import LAYOUT_FREQUENCIES, sincos_position_table
 from .presets import PRESETS
 from .rin import RINBlock
 
@@ -45,8 +46,12 @@ class HPDMTransformerOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
+class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
     r"""Hierarchical Patch Diffusion transformer (RIN backbone).
+
+    Options marked *(extension)* are not in the paper: they were added for the CPU-trained demo model, which uses
+    them. Each is off by default and starts with weights that leave the model computing what it would without it;
+    docs/api.md gives the reason for each and docs/direction.md the measurements behind it.
 
     Args:
         in_channels: pixel channels (3).
@@ -71,60 +76,24 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
         text_embed_dim: width of ``encoder_hidden_states`` (e.g. T5), ``None`` for no text conditioning.
         num_classes: class-conditional models: number of classes (a null class is added), else ``None``.
         timestep_freq_dim: sinusoidal features of ``c_noise``.
-        token_position_embedding: add a learned embedding of each token's position inside its patch, as RIN does
-            (patches have the same token grid at every level, so one table serves all levels). Without it the
-            tokens carry their position only through the 3 raw coordinate channels, which attention sees as a
-            linear ramp: latents cannot single out a position, and samples come out as scattered blobs. The table
-            starts as a 3D sine-cosine code (DiT/MAE-style, entries in [-1, 1]) rather than RIN's std-0.02 noise: at
-            high noise a token's pixel part is ~10x larger than a 0.02-scale table, so tokens barely knew their
-            frame and the demo model never learned the motion direction (docs/direction.md).
+        token_position_embedding: add a learned embedding of each token's position inside its patch (RIN), started
+            as a 3D sine-cosine code.
         output_modulation: modulate the output head's normalisation by the noise level (DiT's adaLN-zero final
-            layer). At low noise ``F`` must output the noise itself, scaled by ``~1/sigma``; a plain LayerNorm +
-            linear readout of the tokens cannot apply a noise-dependent gain. ``False`` (default, as in RIN): the
-            plain readout. The presets turn it on.
-        pooled_text_embedding: also add a projection of the masked mean of ``encoder_hidden_states`` to the
-            noise-level embedding (Imagen-style pooled conditioning), so that every latent and the output head see a
-            summary of the prompt directly. Through the text tokens alone a word must win an attention head before
-            it has any effect; a word with a weak effect on the loss (the motion direction of the demo domain) was
-            still ignored after 2500 steps. The projection starts at zero. ``False`` (default): tokens only.
-        input_modulation: scale the noisy pixels entering the tokenizer by a gain per pixel value that depends on the
-            noise level, ``1 + Linear(SiLU(t_emb))``, starting at 1 (the input-side twin of ``output_modulation``).
-            At high noise a token's pixel part is unit-variance noise as large as its position code, and one
-            tokenizer serves every noise level, so it cannot mute the pixels where they carry nothing; the gain can.
-            ``False`` (default): the plain tokenizer.
-        text_layout: add to every token a text-dependent layout code, the elementwise product of a projection of
-            Fourier features of the token's *global* coordinates and a projection of the pooled prompt (masked mean
-            of ``encoder_hidden_states``; zero for the null prompt of guidance). This makes "where things are, given
-            the prompt" a first-order term that a token can read without attention: through the latents alone such a
-            position-by-prompt interaction sits on a long plateau, and with noisy pixels in the tokens the demo model
-            never crossed it. Alone it did not make the demo base learn the motion word; gated by
-            ``text_layout_sigma`` and with half of the training samples at high noise it did (docs/direction.md).
-            Not in the paper; the global coordinates keep it valid for tiles of any level. The text projection
-            starts at zero. ``False`` (default): no layout code.
-        input_gate_sigma: if set, scale the noisy pixels entering the tokenizer by the fixed gain
-            ``g = s_g / sqrt(s_g^2 + sigma^2)`` (``s_g`` = this value, ``sigma = exp(4 * timestep)``): about 1 below
-            ``s_g``, falling as ``s_g / sigma`` above it. ``c_in`` gives the pixels unit variance at every noise
-            level, so at high noise they are unit-variance noise as large as the position code. It costs nothing in
-            denoising; the demo model uses ``s_g = 0.5`` (docs/direction.md). Assumes the scheduler's
-            ``c_noise = log(sigma) / 4``. Not in the paper. ``None`` (default): no gate.
-        text_layout_sigma: with ``text_layout``, scale the layout code by ``sigma / sqrt(s_l^2 + sigma^2)``
-            (``s_l`` = this value): about 1 above ``s_l``, falling as ``sigma / s_l`` below it, the complement of
-            ``input_gate_sigma`` (for equal values the two gains' squares sum to 1). The layout code is the prompt's
-            prior on where things are; it is what a token needs at high noise, but at low noise the pixels say where
-            things are and an ungated prior is something the network must learn to cancel. Assumes the scheduler's
-            ``c_noise``. Not in the paper. ``None`` (default): the code at every noise level.
-        output_conv_channels: if set, the readout also writes this many feature channels per pixel, and a 3x3
-            spatial convolution of them (replicate padding at the patch edges) is added to ``F``. Each pixel of a
-            linear readout depends on its own token only, so token borders show as edges wherever neighbouring
-            tokens disagree: RIN's "dead pixel" artefacts (appendix A), which at CPU training scale make the 4x4
-            token grid visible in every sample. The convolution lets a pixel next to a border read the token across
-            it (U-ViT adds a 3x3 convolution after its patch readout for the same reason). It starts at zero, so at
-            init ``F`` is the linear readout. Not in the paper. ``None`` (default): the linear readout alone.
-        input_conv_channels: if set, a 3x3 spatial convolution of the noisy pixels (after ``input_gate_sigma``;
-            replicate padding at the patch edges) writes this many features per pixel, and a projection of each
-            token's features is added to its tokens: the input-side twin of ``output_conv_channels``, so that a
-            token also sees the pixel ring around it. The projection starts at zero. Not in the paper. ``None``
-            (default): the linear tokenizer alone.
+            layer). ``False``: RIN's plain readout.
+        pooled_text_embedding: *(extension)* add a projection of the masked mean of the text embeddings to the
+            noise-level embedding (Imagen-style pooled conditioning).
+        input_modulation: *(extension)* scale the noisy pixels entering the tokenizer by a noise-dependent gain
+            ``1 + Linear(SiLU(t_emb))``.
+        text_layout: *(extension)* add to every token the product of a projection of Fourier features of its global
+            coordinates and a projection of the pooled prompt.
+        input_gate_sigma: *(extension)* scale the tokenizer's noisy pixels by ``s_g / sqrt(s_g^2 + sigma^2)``
+            (``s_g`` = this value), or ``None``.
+        text_layout_sigma: *(extension)* with ``text_layout``, scale the layout code by
+            ``sigma / sqrt(s_l^2 + sigma^2)`` (``s_l`` = this value), or ``None``.
+        output_conv_channels: *(extension)* add to ``F`` a 3x3 spatial convolution of this many readout features
+            per pixel, so that a pixel reads the tokens across its token border (as U-ViT does), or ``None``.
+        input_conv_channels: *(extension)* add to each token a projection of a 3x3 spatial convolution of the noisy
+            pixels (the input-side twin of ``output_conv_channels``), or ``None``.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -362,152 +331,6 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
     # shared pieces
     # ----------------------------------------------------------------------------------------------------------
 
-    def _tokenize(
-        self,
-        x: torch.Tensor,
-        coords: torch.Tensor,
-        ctx_pixels: torch.Tensor | None,
-        t_emb: torch.Tensor,
-        timestep: torch.Tensor,
-        layout: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``x`` ``(N, C, f, h, w)``, ``coords`` ``(N, T, 3)``, noise-level embedding ``(N, D_lat)``, ``c_noise``
-        ``(N,)``, optional layout code ``(N, T, D_tok)`` -> tokens ``(N, T, D_tok)``."""
-        pf, ph, pw = self.config.tokenizer_patch
-        pattern = "n c (f pf) (h ph) (w pw) -> n (f h w) (c pf ph pw)"
-        parts = [rearrange(x, pattern, pf=pf, ph=ph, pw=pw)]
-        sigma = torch.exp(4 * timestep.float())  # c_noise = log(sigma) / 4
-        gate = None
-        if self.config.input_gate_sigma is not None:
-            s_g = self.config.input_gate_sigma
-            gate = (s_g / torch.sqrt(s_g**2 + sigma**2)).to(x.dtype)
-            parts[0] = parts[0] * gate[:, None, None]
-        if self.in_modulation is not None:
-            parts[0] = parts[0] * (1 + self.in_modulation(nn.functional.silu(t_emb)))[:, None]
-        if self.config.context_fusion == "shallow":
-            ctx = torch.zeros_like(x) if ctx_pixels is None else ctx_pixels
-            parts.append(rearrange(ctx, pattern, pf=pf, ph=ph, pw=pw))
-        parts.append(coords)
-        tokens = self.tokenizer(torch.cat(parts, dim=-1))  # (N, T, D_tok)
-        if self.conv_in is not None:  # features of each pixel's 3x3 neighbourhood, across token borders
-            features = self.conv_in(x if gate is None else x * gate[:, None, None, None, None])
-            tokens = tokens + self.tokenizer_conv(rearrange(features, pattern, pf=pf, ph=ph, pw=pw))
-        if layout is not None:
-            s_l = self.config.text_layout_sigma
-            if s_l is not None:
-                layout = layout * (sigma / torch.sqrt(s_l**2 + sigma**2)).to(layout.dtype)[:, None, None]
-            tokens = tokens + layout
-        return tokens if self.token_positions is None else tokens + self.token_positions.to(tokens.dtype)
-
-    def _detokenize(self, tokens: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(N, T, D_tok)`` and the noise-level embedding ``(N, D_lat)`` -> ``F`` ``(N, C, f, h, w)``."""
-        pf, ph, pw = self.config.tokenizer_patch
-        f, h, w = self.token_grid
-        h_out = self.norm_out(tokens)
-        if self.out_modulation is not None:
-            shift, scale = self.out_modulation(nn.functional.silu(t_emb)).unsqueeze(1).chunk(2, dim=-1)
-            h_out = h_out * (1 + scale) + shift
-        pattern = "n (f h w) (c pf ph pw) -> n c (f pf) (h ph) (w pw)"
-        out = rearrange(self.proj_out(h_out), pattern, f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
-        if self.conv_out is not None:  # each pixel also reads its neighbours' features, across token borders
-            hidden = rearrange(self.proj_hidden(h_out), pattern, f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
-            out = out + self.conv_out(hidden)
-        return out
-
-    def _coords(self, boxes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Per-token global coordinates ``(N, T, 3)`` (zeros when ``use_coordinates=False``)."""
-        c = rearrange(token_coordinates(boxes.float(), self.token_grid), "n c f h w -> n (f h w) c").to(dtype)
-        return c if self.config.use_coordinates else torch.zeros_like(c)
-
-    def _conditioning(
-        self,
-        timestep: torch.Tensor,
-        boxes: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None,
-        encoder_attention_mask: torch.Tensor | None,
-        class_labels: torch.Tensor | None,
-        drop_conditioning: torch.Tensor | None,
-        dtype: torch.dtype,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Noise-level embedding ``(N, D)`` and conditioning tokens ``(N, S, D)`` with their key bias.
-
-        The noise level enters twice: added to the initial latents and as a conditioning token (with the box), so
-        that every latent knows it from the first read, as in RIN's latent-token conditioning.
-        """
-        n = timestep.shape[0]
-        freq = get_timestep_embedding(timestep.flatten().float(), self.config.timestep_freq_dim, True, 0, 1000.0)
-        t_emb = self.time_embedding(freq.to(dtype))  # (N, D)
-        drop = drop_conditioning if drop_conditioning is not None else torch.zeros(n, dtype=torch.bool)
-        drop = drop.to(timestep.device).bool()
-        if self.pooled_text_proj is not None and encoder_hidden_states is not None:
-            t_emb = t_emb + self._pooled_text(encoder_hidden_states, encoder_attention_mask, drop, dtype)
-        tokens = [(t_emb + self.box_embedding(boxes.to(dtype)))[:, None]]
-        keep = [torch.ones(n, 1, dtype=torch.bool, device=timestep.device)]
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError("This model is class-conditional: pass `class_labels` (or drop them for CFG).")
-            labels = torch.where(drop, self.config.num_classes, class_labels.to(timestep.device).long())
-            tokens.append(self.class_embedding(labels)[:, None])
-            keep.append(keep[0])
-        elif class_labels is not None:
-            raise ValueError("`class_labels` were given but the model has no class conditioning (num_classes=None).")
-        if self.text_proj is not None:
-            if encoder_hidden_states is None:
-                text = self.null_text.expand(n, 1, -1).to(dtype)
-                mask = keep[0]
-            else:
-                text = self.text_proj(encoder_hidden_states.to(dtype))  # (N, S_txt, D)
-                mask = (
-                    encoder_attention_mask.to(timestep.device).bool()
-                    if encoder_attention_mask is not None
-                    else torch.ones(text.shape[:2], dtype=torch.bool, device=timestep.device)
-                )
-                null = torch.zeros_like(text)
-                null[:, 0] = self.null_text.to(dtype)
-                null_mask = torch.zeros_like(mask)
-                null_mask[:, 0] = True
-                text = torch.where(drop[:, None, None], null, text)
-                mask = torch.where(drop[:, None], null_mask, mask)
-            tokens.append(text)
-            keep.append(mask)
-        elif encoder_hidden_states is not None:
-            raise ValueError("`encoder_hidden_states` were given but the model has no text conditioning.")
-        cond = torch.cat(tokens, dim=1)
-        keep_all = torch.cat(keep, dim=1)
-        bias = None
-        # Whether keys can be hidden is decided by which inputs were given, never by their values: a data-dependent
-        # branch would break `torch.compile(fullgraph=True)`. Where nothing is hidden the bias is 0 (exact).
-        maskable = self.text_proj is not None and encoder_hidden_states is not None
-        if maskable and (encoder_attention_mask is not None or drop_conditioning is not None):
-            m = self.config.num_latents
-            keys = torch.cat([torch.ones(n, m, dtype=torch.bool, device=keep_all.device), keep_all], dim=1)
-            bias = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(~keys, float("-inf"))
-            bias = bias[:, None, :]  # (N, 1, M + S)
-        return t_emb, cond, bias
-
-    def _text_layout(self, boxes, ehs, mask, drop, dtype) -> torch.Tensor | None:
-        """The ``text_layout`` code ``(N, T, D_tok)``, or ``None`` when the option is off or there is no text."""
-        if self.layout_text is None or ehs is None:
-            return None
-        text = self._project_pooled(self.layout_text, ehs, mask, drop, dtype)  # (N, Dt)
-        position = self.layout_position(layout_features(boxes, self.token_grid).to(dtype))  # (N, T, Dt)
-        return position * text[:, None]
-
-    def _pooled_text(self, ehs: torch.Tensor, mask: torch.Tensor | None, drop: torch.Tensor, dtype) -> torch.Tensor:
-        """``pooled_text_proj`` of the mean of the unmasked text embeddings ``(N, D)``; zero where dropped (CFG)."""
-        return self._project_pooled(self.pooled_text_proj, ehs, mask, drop, dtype)
-
-    @staticmethod
-    def _project_pooled(proj: nn.Linear, ehs, mask: torch.Tensor | None, drop: torch.Tensor | None, dtype):
-        """``proj`` of the masked mean of the text embeddings ``(N, D)``; zero for dropped rows (CFG)."""
-        keep = torch.ones(ehs.shape[0], dtype=torch.bool, device=ehs.device)
-        if drop is not None:
-            keep = ~drop.to(ehs.device).bool()
-        weights = torch.ones(ehs.shape[:2], device=ehs.device) if mask is None else mask.to(ehs.device).float()
-        weights = weights * keep[:, None]
-        pooled = (ehs.float() * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
-        return proj(pooled.to(dtype)) * keep.to(dtype)[:, None]
-
     def _run_block(self, b: int, x, z, cond, bias):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             return self._gradient_checkpointing_func(self.blocks[b], x, z, cond, bias)
@@ -624,21 +447,6 @@ class HPDMTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin)
             tokens = torch.cat([xb.unflatten(0, (B, n)), tokens[:, n:]], dim=1)
             z = torch.cat([zb.unflatten(0, (B, n)), z[:, n:]], dim=1)
         return self._detokenize(tokens.flatten(0, 1), t_emb).unflatten(0, (B, L))
-
-    def _shallow_context_joint(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Shallow fusion's context (paper §5 ablation): the previous level's patch pixels, not averaged over the
-        coarser levels, resampled at each level's box. ``x`` ``(B, L, C, f, h, w)`` -> the same shape (zeros at
-        level 0)."""
-        out = [torch.zeros_like(x[:, 0])]
-        for l in range(1, x.shape[1]):
-            out.append(self._sample_pixels(x[:, l - 1], relative_box(boxes[:, l], boxes[:, l - 1])))
-        return torch.stack(out, dim=1)
-
-    def _sample_pixels(self, pixels: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-        n, c = pixels.shape[:2]
-        flat = rearrange(pixels, "n c f h w -> n (f h w) c")
-        out = sample_boxes(flat, rel, tuple(self.config.patch_size))
-        return rearrange(out, "n (f h w) c -> n c f h w", f=self.config.patch_size[0], h=self.config.patch_size[1])
 
     def _forward_level(
         self, x, timestep, boxes, ehs, ehs_mask, class_labels, drop, level, context, context_indices, record
