@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -36,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import save, setup_threads, table  # noqa: E402
 
-from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
+from diffusers_hpdm import HierarchicalPatchPipeline, HPDMTransformer  # noqa: E402
 from diffusers_hpdm.evaluation.detector import detect_attributes  # noqa: E402
 from diffusers_hpdm.evaluation.run import evaluation_prompts, real_clips  # noqa: E402
 from diffusers_hpdm.geometry import area_downsample, extract_patches, sample_nested_boxes  # noqa: E402
@@ -55,8 +56,11 @@ VARIANTS = {
     # base then fine-tune (the bundled recipe's shape): the 2-level shallow model starts from a trained 1-level
     # model, `--base-dir`/paper-s<seed> (benchmarks/probe_level0.py's plain preset), instead of from scratch
     "shallow-finetune": ({"context_fusion": "shallow"}, []),
+    # the same, but the base's tokenizer gets random (Xavier) context-pixel columns, as a shallow 1-level base has
+    # them (level 0's zero context never trains them): from_base's zero columns against what probe 5's base had
+    "shallow-finetune-randctx": ({"context_fusion": "shallow"}, []),
 }
-FROM_BASE = {"shallow-finetune": "paper"}  # variant: the probe_level0 variant it fine-tunes
+FROM_BASE = {"shallow-finetune": "paper", "shallow-finetune-randctx": "paper"}  # the probe_level0 base they tune
 ATTRIBUTES = ("colour", "shape", "direction")
 LEVEL_SIZES = [(4, 16, 16), (8, 32, 32)]  # tiny-t2v's patch, 2 levels
 
@@ -77,12 +81,34 @@ def train(variant: str, seed: int, args) -> Path:
         base = Path(args.base_dir) / f"{FROM_BASE[variant]}-s{seed}"
         if not (base / "model_index.json").exists():
             raise FileNotFoundError(f"{variant} fine-tunes {base}: train it first with benchmarks/probe_level0.py.")
+        if variant.endswith("-randctx"):
+            base = random_context_columns(
+                base, Path(args.work_dir) / f"base-{FROM_BASE[variant]}-randctx-s{seed}", seed
+            )
         cmd += ["--pretrained_base", str(base)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
     start, cpu_before = time.perf_counter(), sum(os.times()[2:4])  # CPU seconds of finished children
     subprocess.run(cmd, check=True, env=env)
     (out / "probe_train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
     (out / "probe_train_cpu_seconds.txt").write_text(f"{sum(os.times()[2:4]) - cpu_before:.0f}\n")
+    return out
+
+
+def random_context_columns(base: Path, out: Path, seed: int) -> Path:
+    """``base`` (a 1-level pipeline) as a shallow 1-level pipeline whose tokenizer's context-pixel columns are
+    those of a freshly initialised shallow model (seed ``seed``), saved to ``out``."""
+    if (out / "model_index.json").exists():
+        return out
+    pipe = HierarchicalPatchPipeline.from_pretrained(base)
+    shallow = HPDMTransformer.from_base(pipe.transformer, 1, context_fusion="shallow")
+    torch.manual_seed(seed)
+    fresh = HPDMTransformer(**{k: v for k, v in shallow.config.items() if not k.startswith("_")})
+    voxels = shallow.config.in_channels * math.prod(shallow.config.tokenizer_patch)
+    with torch.no_grad():
+        shallow.tokenizer.weight[:, voxels:-3] = fresh.tokenizer.weight[:, voxels:-3]
+    pipe.transformer = shallow
+    pipe.register_modules(transformer=shallow)
+    pipe.save_pretrained(out)
     return out
 
 

@@ -42,8 +42,9 @@ _BASE_TRAINING_ARGS = [
 
 
 def base_args(context_fusion: str = "deep") -> list[str]:
-    """The base's training arguments with ``context_fusion`` set. A shallow-fused pyramid needs a shallow base:
-    `from_base` keeps the base's tokenizer, and only a shallow one has the context-pixel columns (docs/probes.md)."""
+    """The base's training arguments with ``context_fusion`` set; the fine-tune keeps the base's fusion mode. (At one
+    level the mode only decides whether the tokenizer has context-pixel columns, which level 0's zero context never
+    trains; `from_base` can also convert a base of one mode into a pyramid of another, docs/api.md.)"""
     overrides = {**MODEL_OVERRIDES, "context_fusion": context_fusion}
     return [*_BASE_TRAINING_ARGS, "--model_overrides", json.dumps(overrides)]
 
