@@ -7,7 +7,7 @@ held-out prompts with ``evaluate_pipeline`` (32 Heun steps, guidance 3): the sam
 
 Variants: ``recipe`` is the demo base (its model options and its noise distribution, examples/train_demo.py);
 ``paper`` is the plain tiny-t2v preset with the default log-normal noise; ``paper-tok2`` the same with 1x2x2 tokens
-(4x the tokens); ``paper-lat64`` with 64 latents instead of 32; ``paper-texttok`` with ``token_text_attention``.
+(4x the tokens); ``paper-lat64`` with 64 latents instead of 32.
 
     .venv/bin/python benchmarks/probe_level0.py --variants recipe paper --seeds 0 1 --steps 1500
 """
@@ -38,8 +38,6 @@ VARIANTS = {  # name: training arguments after the common ones
     "paper": _BASE_COMMON,
     "paper-tok2": [*_BASE_COMMON, "--model_overrides", json.dumps({"tokenizer_patch": [1, 2, 2]})],
     "paper-lat64": [*_BASE_COMMON, "--model_overrides", json.dumps({"num_latents": 64})],
-    # probe 6's lead: the tokens read the prompt in the write attention, not only through the latents
-    "paper-texttok": [*_BASE_COMMON, "--model_overrides", json.dumps({"token_text_attention": True})],
 }
 ATTRIBUTES = ("colour", "shape", "direction", "speed")
 

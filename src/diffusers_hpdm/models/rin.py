@@ -5,8 +5,7 @@ A block does three things, each pre-norm with a residual:
 * **read**: the latents cross-attend to the patch tokens (cost linear in the number of tokens),
 * **compute**: ``k`` layers of self-attention + MLP over the latents, which also attend to the conditioning
   tokens (noise level, class, text),
-* **write**: the tokens cross-attend to the latents (and, with ``write_reads_conditioning``, to the conditioning
-  tokens too), then an MLP on the tokens.
+* **write**: the tokens cross-attend to the latents, then an MLP on the tokens.
 """
 
 from __future__ import annotations
@@ -51,10 +50,8 @@ class RINBlock(nn.Module):
         mlp_ratio: float = 4.0,
         qk_norm: str | None = "rms_norm",
         activation_fn: str = "gelu",
-        write_reads_conditioning: bool = False,
     ):
         super().__init__()
-        self.write_reads_conditioning = write_reads_conditioning
         token_heads = max(1, num_heads * token_dim // latent_dim)
         # read: latents <- tokens
         self.read_norm_z = nn.LayerNorm(latent_dim)
@@ -88,15 +85,11 @@ class RINBlock(nn.Module):
             cond: ``(N, S, D_lat)`` conditioning tokens (noise level, class, text).
             cond_bias: ``(N, 1, M + S)`` additive attention bias that hides padded text tokens, or ``None``.
         """
-        # (the same bias serves the write attention when its keys are [latents, conditioning])
         z = z + self.read_attn(self.read_norm_z(z), encoder_hidden_states=self.read_norm_x(x))  # (N, M, D_lat)
         z = z + self.read_mlp(self.read_norm_mlp(z))
         cond = self.cond_norm(cond)
         for layer in self.compute:
             z = layer(z, cond, cond_bias)
-        kv, bias = self.write_norm_z(z), None  # (N, M, D_lat)
-        if self.write_reads_conditioning:
-            kv, bias = torch.cat([kv, cond], dim=1), cond_bias  # (N, M + S, D_lat)
-        x = x + self.write_attn(self.write_norm_x(x), encoder_hidden_states=kv, attention_mask=bias)  # (N, T, D_tok)
+        x = x + self.write_attn(self.write_norm_x(x), encoder_hidden_states=self.write_norm_z(z))  # (N, T, D_tok)
         x = x + self.write_mlp(self.write_norm_mlp(x))
         return x, z

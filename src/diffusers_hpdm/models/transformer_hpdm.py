@@ -50,8 +50,7 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
     r"""Hierarchical Patch Diffusion transformer (RIN backbone).
 
     Options marked *(extension)* are not in the paper: they were added for the CPU-trained demo model, which uses
-    them (``token_text_attention`` is a probe's, docs/probes.md). Each is off by default, and all but
-    ``token_text_attention`` start with weights that leave the model computing what it would without them;
+    them. Each is off by default and starts with weights that leave the model computing what it would without it;
     docs/api.md gives the reason for each and docs/direction.md the measurements behind it.
 
     Args:
@@ -95,9 +94,6 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
             per pixel, so that a pixel reads the tokens across its token border (as U-ViT does), or ``None``.
         input_conv_channels: *(extension)* add to each token a projection of a 3x3 spatial convolution of the noisy
             pixels (the input-side twin of ``output_conv_channels``), or ``None``.
-        token_text_attention: *(extension)* the write attention's keys also hold the conditioning tokens (noise
-            level and box, class, text), so that the patch tokens read the prompt directly and not only through the
-            latents. ``False``: RIN's write, tokens attend to the latents alone.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -152,7 +148,6 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
         text_layout_sigma: float | None = None,
         output_conv_channels: int | None = None,
         input_conv_channels: int | None = None,
-        token_text_attention: bool = False,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -203,9 +198,11 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
             )
         self.layout_position = nn.Linear(6 * LAYOUT_FREQUENCIES, token_dim) if text_layout else None
         self.layout_text = nn.Linear(text_embed_dim, token_dim) if text_layout else None
-        block_args = (token_dim, latent_dim, num_heads, num_compute_layers, mlp_ratio, qk_norm, activation_fn)
         self.blocks = nn.ModuleList(
-            [RINBlock(*block_args, write_reads_conditioning=token_text_attention) for _ in range(num_blocks)]
+            [
+                RINBlock(token_dim, latent_dim, num_heads, num_compute_layers, mlp_ratio, qk_norm, activation_fn)
+                for _ in range(num_blocks)
+            ]
         )
         self.fusion = (
             nn.ModuleList([DeepContextFusion(token_dim) for _ in range(num_blocks)])
