@@ -93,12 +93,24 @@ def num_dataset_classes(dataset) -> int:
     return max(labels) + 1
 
 
+def _same(a, b) -> bool:
+    """Config values equal up to list/tuple (a loaded config holds lists, JSON gives lists, presets tuples)."""
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return as_list(a) == as_list(b)
+
+
 def build_transformer(args, text_encoder, num_classes: int | None) -> HPDMTransformer:
     lpb = [int(v) for v in args.levels_per_block.split(",")] if args.levels_per_block else None
     if args.pretrained_base:
         base = HPDMTransformer.from_pretrained(args.pretrained_base, subfolder="transformer")
-        num_levels = args.num_levels or base.config.num_levels
-        overrides = json.loads(args.model_overrides or "{}")  # e.g. {"context_fusion": "shallow"}
+        # What --model_overrides changes in the base (e.g. {"context_fusion": "shallow"}); values equal to the base's
+        # are no change, and --num_levels / --levels_per_block win over their entries.
+        overrides = {
+            k: v for k, v in json.loads(args.model_overrides or "{}").items() if not _same(base.config.get(k), v)
+        }
+        lpb = lpb or overrides.pop("levels_per_block", None)
+        num_levels = args.num_levels or overrides.pop("num_levels", None) or base.config.num_levels
+        overrides.pop("num_levels", None)
         if num_levels == base.config.num_levels and lpb is None and not overrides:
             return base  # continue training the base as it is
         if text_encoder is not None and base.config.text_embed_dim != encoder_width(text_encoder):

@@ -595,3 +595,25 @@ def test_fine_tune_scheduler_takes_explicit_noise_options(train_script, tmp_path
     assert tuned.config.p_mean == -0.4
     with pytest.raises(ValueError, match="clean_context"):
         components.build_scheduler(train_script.parse_args([*argv, "--clean_context_fraction", "2"]), model)
+
+
+def test_pretrained_base_with_model_overrides_converts_fusion(train_script, tmp_path):
+    """``--pretrained_base`` with ``--model_overrides '{"context_fusion": "shallow"}'`` expands a deep base into a
+    shallow pyramid (from_base's conversion); overrides equal to the base's config are no change, so the same
+    overrides the base was trained with keep it as it is at its own level count."""
+    components = sys.modules["train_t2v_components"]
+    config = dict(patch_size=(2, 8, 8), num_levels=1, token_dim=16, latent_dim=32, num_latents=4, num_blocks=2)
+    base = HPDMTransformer(**config, num_compute_layers=1, num_heads=2)
+    base.save_pretrained(tmp_path / "base" / "transformer")
+
+    def build(*extra):
+        args = train_script.parse_args(
+            ["--train_data_dir", str(tmp_path), "--pretrained_base", str(tmp_path / "base"), *extra]
+        )
+        return components.build_transformer(args, None, None)
+
+    shallow = build("--num_levels", "2", "--model_overrides", json.dumps({"context_fusion": "shallow"}))
+    assert shallow.config.context_fusion == "shallow" and shallow.config.num_levels == 2
+    assert shallow.tokenizer.weight.shape[1] == 2 * 3 * 16 + 3  # pixels, context pixels (zero), coordinates
+    same = build("--model_overrides", json.dumps({"num_blocks": 2, "patch_size": [2, 8, 8]}))
+    assert same.config.num_levels == 1 and same.config.context_fusion == "deep"
