@@ -166,6 +166,11 @@ def save(name: str, payload: dict) -> Path:
     return path
 
 
+def seed_spread(values: list[float], digits: int = 0) -> str:
+    """``"mean ± half-range"`` of per-seed values, the probes' table cell (docs/probes.md)."""
+    return f"{sum(values) / len(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     """A plain-text (and markdown-compatible) table."""
 

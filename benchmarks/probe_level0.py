@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from common import save, setup_threads, table  # noqa: E402
+from common import save, seed_spread, setup_threads, table  # noqa: E402
 from train_demo import BASE_ARGS  # noqa: E402
 
 from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
@@ -91,8 +90,7 @@ def main() -> int:
         results[variant] = per_seed
         row = {"variant": variant}
         for key in ATTRIBUTES:
-            values = [100 * r[key] for r in per_seed]
-            row[key] = f"{statistics.mean(values):.0f} ± {(max(values) - min(values)) / 2:.0f}"
+            row[key] = seed_spread([100 * r[key] for r in per_seed])
         rows.append(row)
     print(table(rows, list(rows[0])), flush=True)
     print(f"\nwrote {save(args.name, dict(args=vars(args), results=results, table=rows))}")

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import save, setup_threads, table  # noqa: E402
+from common import save, seed_spread, setup_threads, table  # noqa: E402
 
 from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
 from diffusers_hpdm.data.synthetic import SHAPES  # noqa: E402
@@ -142,8 +142,7 @@ def main() -> int:
             results[f"{variant}@{sigma:g}"] = per_seed
             row = {"variant": variant, "sigma_start": f"{sigma:g}"}
             for a in (*ATTRIBUTES, "prompt_shape") if args.swap_shape else ATTRIBUTES:
-                values = [100 * r[a] for r in per_seed]
-                row[a] = f"{statistics.mean(values):.0f} ± {(max(values) - min(values)) / 2:.0f}"
+                row[a] = seed_spread([100 * r[a] for r in per_seed])
             rows.append(row)
     print(table(rows, list(rows[0])), flush=True)
     print(f"\nwrote {save(args.name, dict(args=vars(args), results=results, table=rows))}")
