@@ -184,7 +184,8 @@ def context_usage(pipe, prompts: list[str], args, sigmas_1=(0.5, 2.0, 8.0), sigm
 @torch.no_grad()
 def evaluate(folder: Path, prompts: list[str], args) -> dict:
     """Scores of one trained model, cached in ``folder`` per evaluation setting."""
-    cache = folder / f"probe_eval_{len(prompts)}v_{args.inference_steps}s_g{args.guidance}_e{args.eval_seed}.json"
+    ctx = "" if args.context_sigma == 0.1 else f"_c{args.context_sigma:g}"  # 0.1: the pipeline's default
+    cache = folder / f"probe_eval_{len(prompts)}v_{args.inference_steps}s_g{args.guidance}_e{args.eval_seed}{ctx}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     pipe = HierarchicalPatchPipeline.from_pretrained(folder)
@@ -198,6 +199,7 @@ def evaluate(folder: Path, prompts: list[str], args) -> dict:
         out = pipe(
             prompts[batch], video=level0[batch], num_inference_steps=args.inference_steps,
             guidance_scale=args.guidance, generator=generators, output_type="pt", return_levels=True,
+            context_sigma=args.context_sigma,
         )  # fmt: skip
         fine = out.frames.permute(0, 2, 1, 3, 4) * 2 - 1  # (n, 3, 8, 32, 32) in [-1, 1]
         rows += [score(fine[j], level0[i + j], level1[i + j]) for j in range(len(fine))]
@@ -218,6 +220,7 @@ def main() -> int:
     p.add_argument("--num-videos", type=int, default=32)
     p.add_argument("--inference-steps", type=int, default=16, help="level 1 gets half (appendix C)")
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--context-sigma", type=float, default=0.1, help="the pipeline's context_sigma at inference")
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
