@@ -171,6 +171,19 @@ def seed_spread(values: list[float], digits: int = 0) -> str:
     return f"{sum(values) / len(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
 
+def seed_row(label: dict, per_seed: list[dict], keys) -> dict:
+    """A probe table row: ``label`` then, per key, the per-seed fractions as percent ``"mean ± half-range"``."""
+    return {**label, **{k: seed_spread([100 * r[k] for r in per_seed]) for k in keys}}
+
+
+def report(name: str, args, results: dict, rows: list[dict]) -> Path:
+    """Print a probe's table and save it with its arguments and per-seed results as ``results/<name>.json``."""
+    print(table(rows, list(rows[0])), flush=True)
+    path = save(name, dict(args=vars(args), results=results, table=rows))
+    print(f"\nwrote {path}")
+    return path
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     """A plain-text (and markdown-compatible) table."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from common import save, seed_spread, setup_threads, table  # noqa: E402
+from common import report, seed_row, setup_threads  # noqa: E402
 from train_demo import BASE_ARGS  # noqa: E402
 
 from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
@@ -88,12 +88,8 @@ def main() -> int:
     for variant in args.variants:
         per_seed = [{"seed": s, **evaluate(folders[variant, s], args)} for s in args.seeds]
         results[variant] = per_seed
-        row = {"variant": variant}
-        for key in ATTRIBUTES:
-            row[key] = seed_spread([100 * r[key] for r in per_seed])
-        rows.append(row)
-    print(table(rows, list(rows[0])), flush=True)
-    print(f"\nwrote {save(args.name, dict(args=vars(args), results=results, table=rows))}")
+        rows.append(seed_row({"variant": variant}, per_seed, ATTRIBUTES))
+    report(args.name, args, results, rows)
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import save, seed_spread, setup_threads, table  # noqa: E402
+from common import report, seed_row, setup_threads  # noqa: E402
 
 from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
 from diffusers_hpdm.data.synthetic import SHAPES  # noqa: E402
@@ -140,12 +140,9 @@ def main() -> int:
         for sigma in args.sigmas:
             per_seed = [evaluate(Path(args.work_dir) / f"{variant}-s{s}", sigma, args) for s in args.seeds]
             results[f"{variant}@{sigma:g}"] = per_seed
-            row = {"variant": variant, "sigma_start": f"{sigma:g}"}
-            for a in (*ATTRIBUTES, "prompt_shape") if args.swap_shape else ATTRIBUTES:
-                row[a] = seed_spread([100 * r[a] for r in per_seed])
-            rows.append(row)
-    print(table(rows, list(rows[0])), flush=True)
-    print(f"\nwrote {save(args.name, dict(args=vars(args), results=results, table=rows))}")
+            keys = (*ATTRIBUTES, "prompt_shape") if args.swap_shape else ATTRIBUTES
+            rows.append(seed_row({"variant": variant, "sigma_start": f"{sigma:g}"}, per_seed, keys))
+    report(args.name, args, results, rows)
     return 0
 
 
