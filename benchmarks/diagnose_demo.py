@@ -18,22 +18,17 @@ moving-shapes domain (rendered in memory, area-downsampled to the model's level-
    with ``--rin-steps N`` a fresh copy of the model's transformer (minutes). Besides the rms sensitivities, each
    probe reports how much of the data's left-minus-right conditional mean its own left-minus-right estimate
    reproduces (``lr_projection``: 1 = all of it, 0 = none; ``lr_cosine``: the direction of that difference),
-   averaged over 12 prompt pairs; the MLP and the RIN also log that projection along their training runs.
-   ``--rin-option NAME`` (repeatable) adds one more RIN probe per boolean transformer option turned on. (The docs'
-   table also has a RIN probe with ``input_modulation``, from a ``--rin-input-modulation`` flag that went with the
-   option: it left ``HPDMTransformer`` after docs/probes.md, probe 6.)
-
-The recorded results were measured on the bundled model as it was then trained, with the high-noise share of every
-batch and its prompts kept above sigma 10 (``--high_noise_fraction 0.5 --keep_condition_above_sigma 10``); those
-training options left the scheduler and the training script for the same reason. Its saved scheduler config still
-loads (the removed keys are dropped) and samples as before.
+   averaged over 12 prompt pairs; the MLP and the RIN also log that projection along their training runs. With
+   ``--rin-input-modulation`` a third RIN probe has the noise-level gain on its pixel input (``input_modulation``);
+   ``--rin-option NAME`` (repeatable) adds one more RIN probe per boolean transformer option turned on, e.g.
+   ``text_layout``.
 
     .venv/bin/python benchmarks/diagnose_demo.py                                # bundled model, ~1 min
     .venv/bin/python benchmarks/diagnose_demo.py --model DIR --rin-steps 600    # + the RIN probe, ~5 min
     .venv/bin/python benchmarks/diagnose_demo.py --rin-steps 600 --rin-zero-input   # + one on zero input, ~8 min
     .venv/bin/python benchmarks/diagnose_demo.py --mlp-steps 3000                # + the per-token MLP, ~2 min
-    .venv/bin/python benchmarks/diagnose_demo.py --rin-steps 1600 --rin-zero-input \
-        --mlp-steps 3000                                                         # the docs' table less that probe
+    .venv/bin/python benchmarks/diagnose_demo.py --rin-steps 1600 --rin-zero-input --rin-input-modulation \
+        --mlp-steps 3000                                                         # the docs' table, ~35 min
 """
 
 from __future__ import annotations
@@ -312,11 +307,16 @@ def main() -> int:
     p.add_argument("--mlp-steps", type=int, default=0, help="also train the per-token MLP probe this many steps")
     p.add_argument("--rin-zero-input", action="store_true", help="also train the RIN probe on zero pixel input")
     p.add_argument(
+        "--rin-input-modulation",
+        action="store_true",
+        help="also train the RIN probe with input_modulation=True (noisy input, a noise-level gain on the pixels)",
+    )
+    p.add_argument(
         "--rin-option",
         action="append",
         default=[],
         metavar="NAME",
-        help="also train a RIN probe with this boolean transformer option on (repeatable)",
+        help="also train a RIN probe with this boolean transformer option on (repeatable), e.g. text_layout",
     )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -351,6 +351,9 @@ def main() -> int:
         probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps))
         if args.rin_zero_input:
             probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps, pixels_in=False))
+        if args.rin_input_modulation:
+            modulated = dict(input_modulation=True)
+            probes.append(high_noise_probe(pipe, x0, captions, attrs, "rin", args.rin_steps, overrides=modulated))
         for option in args.rin_option:
             if option not in pipe.transformer.config:
                 raise SystemExit(f"--rin-option {option}: not an HPDMTransformer option")

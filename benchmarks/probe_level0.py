@@ -1,16 +1,15 @@
-"""Probe: what limits level 0's shape? (docs/probes.md, "Probe 6")
+"""Probe: what limits level 0's shape? (docs/probes.md, "Probe 4")
 
 The reference UNet draws the right shape 80% of the time at 4x16x16 on the demo's CPU budget; the bundled model's
 level 0 draws it 42% of the time. This probe trains 1-level models (4x16x16, the demo base's size) with
 ``examples/train_t2v.py`` for ``--steps`` steps at batch 16, once per variant and seed, and scores ``--num-videos``
 held-out prompts with ``evaluate_pipeline`` (32 Heun steps, guidance 3): the same detector as every other table.
 
-Variants: ``paper`` is the plain tiny-t2v preset with the default log-normal noise; ``paper-tok2`` the same with 1x2x2
-tokens (4x the tokens); ``paper-lat64`` with 64 latents instead of 32. Probe 6 also had a ``recipe`` variant, the
-former demo base (its model options and its noise distribution); its model options left ``HPDMTransformer`` after
-that probe, so the variant is gone here and its results stay in ``benchmarks/results/probe_level0.json``.
+Variants: ``recipe`` is the demo base (its model options and its noise distribution, examples/train_demo.py);
+``paper`` is the plain tiny-t2v preset with the default log-normal noise; ``paper-tok2`` the same with 1x2x2 tokens
+(4x the tokens); ``paper-lat64`` with 64 latents instead of 32.
 
-    .venv/bin/python benchmarks/probe_level0.py --variants paper paper-tok2 --seeds 0 1 --steps 1500
+    .venv/bin/python benchmarks/probe_level0.py --variants recipe paper --seeds 0 1 --steps 1500
 """
 
 from __future__ import annotations
@@ -23,8 +22,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from common import report, seed_row, setup_threads  # noqa: E402
+from train_demo import BASE_ARGS  # noqa: E402
 
 from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
 from diffusers_hpdm.evaluation.run import evaluate_pipeline  # noqa: E402
@@ -32,6 +33,7 @@ from diffusers_hpdm.evaluation.run import evaluate_pipeline  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 _BASE_COMMON = ["--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50"]
 VARIANTS = {  # name: training arguments after the common ones
+    "recipe": BASE_ARGS,
     "paper": _BASE_COMMON,
     "paper-tok2": [*_BASE_COMMON, "--model_overrides", json.dumps({"tokenizer_patch": [1, 2, 2]})],
     "paper-lat64": [*_BASE_COMMON, "--model_overrides", json.dumps({"num_latents": 64})],
@@ -44,6 +46,7 @@ def train(variant: str, seed: int, args) -> Path:
     out = Path(args.work_dir) / f"{variant}-s{seed}"
     if (out / "model_index.json").exists():
         return out
+    # A later --ema_half_life / --num_levels wins over the recipe's.
     cmd = [
         sys.executable, str(ROOT / "examples" / "train_t2v.py"), "--train_data_dir", args.data_dir, "--cache_videos",
         "--preset", "tiny-t2v", "--seed", str(seed), *VARIANTS[variant], "--max_train_steps", str(args.steps),

@@ -13,10 +13,7 @@ triangle -> circle) while the canvas restarts from the real clip of the original
 the sample keeps the clip's shape and ``prompt_shape`` how often it draws the prompt's: a model that uses the shape
 word moves from the first to the second as ``sigma_start`` grows; one that ignores it does not.
 
-    .venv/bin/python benchmarks/probe_level0_sdedit.py --variants paper paper-tok2 --seeds 0 1 --sigmas 0.5 2 8
-
-(Probe 6's ``recipe`` models no longer load: their model options left ``HPDMTransformer``; their rows stay in
-``benchmarks/results/probe_level0_sdedit*.json``.)
+    .venv/bin/python benchmarks/probe_level0_sdedit.py --variants recipe paper --seeds 0 1 --sigmas 0.5 2 8
 """
 
 from __future__ import annotations
@@ -125,7 +122,7 @@ def evaluate(folder: Path, sigma_start: float, args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", default=["paper"])
+    p.add_argument("--variants", nargs="+", default=["recipe", "paper"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 2.0, 8.0])
     p.add_argument("--work-dir", default="outputs/probe_level0", help="benchmarks/probe_level0.py's models")

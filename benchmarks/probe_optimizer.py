@@ -1,11 +1,12 @@
 """LAMB with and without Adam's second-moment bias correction on its trust-ratio-1 steps, next to AdamW, over the
-first steps of the former demo base's recipe (stage 1 of `examples/train_demo.py` when it had a base and a fine-tune).
+first steps of the demo base's recipe (`examples/train_demo.py`, stage 1).
 
-A 1-level ``tiny-t2v`` model learns 4x16x16 level-0 clips of the synthetic moving-shapes data (16x64x64 renders,
-area-downsampled as ``hpdm_loss`` would) with the former base's log-normal (``p_mean`` -0.4, ``p_std`` 1.4), dropout
-0.1, batch 16, gradient clipping 1.0, frozen tiny T5 embeddings, and its learning-rate schedule (linear warm-up over
-50 steps, cosine decay over 8000 steps) of which only the first ``--steps`` are run: one step costs ~1 s of CPU, so
-300 steps of the 6 runs would take ~30 min; the default 100 keep the probe under 10 min. Those are also the steps
+The 1-level demo base (``tiny-t2v`` with the demo's model overrides) learns 4x16x16 level-0 clips of the synthetic
+moving-shapes data (16x64x64 renders, area-downsampled as ``hpdm_loss`` would) with the demo's noise distribution
+(``p_mean`` -0.4, ``p_std`` 1.4, half the samples at high noise, prompts kept above sigma 10, dropout 0.1), batch
+16, gradient clipping 1.0, frozen tiny T5 embeddings, and the demo's learning-rate schedule (linear warm-up over 50
+steps, cosine decay over its 8000 steps) of which only the first ``--steps`` are run: one step costs ~1 s of CPU,
+so 300 steps of the 6 runs would take ~30 min; the default 100 keep the probe under 10 min. Those are also the steps
 where the missing correction matters most (``1 / sqrt(1 - 0.999**t)``: 31.6 at step 1, 3.2 at step 100).
 Optimizers:
 
@@ -16,13 +17,6 @@ Optimizers:
 
 Each runs with every seed; a seed fixes the weights, the clips drawn and every noise draw, so runs with the same seed
 differ only by the optimizer. Reported: the mean training loss of the last 50 steps (and of steps 1-50).
-
-The recorded results (``benchmarks/results/probe_optimizer.json``, docs/training.md) were measured on the base's
-model, the preset with the demo's former model options; those left ``HPDMTransformer`` (docs/probes.md, probe 6), so
-the probe now runs the plain preset (today's demo model differs from it only by shallow fusion, which one level
-does not use). They were also measured with the former base's high-noise share (half the samples at
-``ln(sigma) ~ N(3, 0.1)``, prompts kept above sigma 10), which left the scheduler and the loss for the same reason;
-the probe now draws the single log-normal.
 
     .venv/bin/python benchmarks/probe_optimizer.py                  # 100 steps x 3 optimizers x 2 seeds, ~10 min CPU
     .venv/bin/python benchmarks/probe_optimizer.py --steps 300 --out probe_optimizer_300   # ~30 min CPU
@@ -37,11 +31,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import save, setup_threads, table  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
+from train_demo import MODEL_OVERRIDES  # noqa: E402
 
 from diffusers_hpdm import HPDMScheduler, HPDMTransformer  # noqa: E402
 from diffusers_hpdm.data.synthetic import caption, render_video, training_attributes  # noqa: E402
@@ -88,9 +84,9 @@ def text_conditioning(captions: list[str]) -> PromptEncoder:
 
 
 def build_model(seed: int, prompts: PromptEncoder, scheduler: HPDMScheduler) -> HPDMTransformer:
-    """The 1-level preset, with the parameters training never reaches frozen (as ``train_t2v.py`` does)."""
+    """The demo base, with the parameters training never reaches frozen (as ``train_t2v.py`` does)."""
     torch.manual_seed(seed)
-    config = {**PRESETS["tiny-t2v"], "num_levels": 1, "levels_per_block": None}
+    config = {**PRESETS["tiny-t2v"], **MODEL_OVERRIDES, "num_levels": 1, "levels_per_block": None}
     model = HPDMTransformer(**config).train()
     embeds, mask = prompts([""], "cpu")
 
@@ -113,7 +109,7 @@ def build_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
 def train(
     name: str, seed: int, steps: int, schedule_steps: int, x0: torch.Tensor, captions: list[str], prompts
 ) -> dict:
-    scheduler = HPDMScheduler(p_mean=-0.4, p_std=1.4, level_growth=(2, 2, 2))
+    scheduler = HPDMScheduler(p_mean=-0.4, p_std=1.4, high_noise_fraction=0.5, level_growth=(2, 2, 2))
     model = build_model(seed, prompts, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(name, model)
@@ -125,7 +121,7 @@ def train(
         embeds, mask = prompts([captions[i] for i in idx], "cpu")
         out = hpdm_loss(
             model, scheduler, x0[idx], embeds, mask, None, sample_generators(seed, step, range(BATCH)),
-            cond_drop_prob=0.1,
+            cond_drop_prob=0.1, keep_condition_above_sigma=10.0,
         )  # fmt: skip
         out.loss.backward()
         clip_grad_norm_(trainable, 1.0)
@@ -164,7 +160,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=100, help="steps run")
-    p.add_argument("--schedule_steps", type=int, default=8000, help="cosine schedule length (the former base's)")
+    p.add_argument("--schedule_steps", type=int, default=8000, help="length of the cosine schedule (the demo's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--clips", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)

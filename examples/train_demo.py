@@ -1,15 +1,10 @@
 """Reproduce the bundled demo model `models/hpdm-shapes-demo` from scratch (`make train-demo`).
 
-HPDM's joint training at CPU scale: a 3-level pyramid (4x16x16 patches of 4x16x16, 8x32x32 and 16x64x64 videos)
-trained end to end from scratch with shallow context fusion, every level in every step. Then evaluate on held-out
-prompts and write the metrics into the model card.
+The paper's text-to-video recipe at CPU scale (appendix C, table 8): pre-train a 1-level low-resolution base on
+downsampled videos, expand it to a 3-level pyramid (`HPDMTransformer.from_base`, level 0 reproduced exactly) and
+fine-tune. Then evaluate on held-out prompts and write the metrics into the model card.
 
     python examples/train_demo.py --output_dir models/hpdm-shapes-demo
-
-Why joint and shallow (docs/probes.md): at equal CPU-minutes joint training beats a 1-level base + fine-tune by
-1.1-1.4 dB in how closely level 1 follows a real level 0 (probe 7), and shallow fusion beats deep at this size
-(probe 1). The model is the preset with the paper's options only: the demo's former extensions (layout code, input
-gates, convolutions, the high-noise share) showed no effect larger than the seed spread (probe 6) and left the class.
 """
 
 from __future__ import annotations
@@ -24,16 +19,48 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-MODEL_OVERRIDES = {"context_fusion": "shallow"}
-# One stage; the EMA averages the last ~10% of the steps. Checkpoints every 500 steps let an interrupted run resume.
-TRAINING_ARGS = [
-    "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "50", "--ema_half_life", "500",
-    "--checkpointing_steps", "500", "--logging_steps", "100", "--model_overrides", json.dumps(MODEL_OVERRIDES),
+# The prompt's layout (where the object starts, hence its motion direction) is decided at high noise, and an RIN
+# learns that position-by-prompt interaction only after a long plateau (docs/direction.md). The base therefore draws
+# half of its samples at sigma ~ 20 and never drops their prompt, mutes the pure-noise pixels there
+# (input_gate_sigma) and gives the tokens the prompt's layout code where the pixels carry nothing (text_layout,
+# gated by text_layout_sigma); input_modulation lets the tokenizer rescale the pixels per noise level. The two 3x3
+# convolutions let tokens see, and the readout write, across the 4x4 token borders that a linear tokenizer and
+# readout leave as visible steps (RIN's "dead pixels"; docs/evaluation.md).
+MODEL_OVERRIDES = {
+    "text_layout": True,
+    "text_layout_sigma": 2.0,
+    "input_gate_sigma": 0.5,
+    "input_modulation": True,
+    "input_conv_channels": 16,
+    "output_conv_channels": 16,
+}
+_BASE_TRAINING_ARGS = [
+    "--num_levels", "1", "--train_batch_size", "16", "--lr_warmup_steps", "50", "--ema_half_life", "250",
+    "--checkpointing_steps", "1000", "--logging_steps", "100", "--p_mean", "-0.4", "--p_std", "1.4",
+    "--high_noise_fraction", "0.5", "--keep_condition_above_sigma", "10",
 ]  # fmt: skip
-# Level-0 sampling: deterministic Heun (s_churn=0, the paper's text-to-video setting).
+
+
+def base_args(context_fusion: str = "deep") -> list[str]:
+    """The base's training arguments with ``context_fusion`` set; the fine-tune keeps the base's fusion mode. (At one
+    level the mode only decides whether the tokenizer has context-pixel columns, which level 0's zero context never
+    trains; `from_base` can also convert a base of one mode into a pyramid of another, docs/api.md.)"""
+    overrides = {**MODEL_OVERRIDES, "context_fusion": context_fusion}
+    return [*_BASE_TRAINING_ARGS, "--model_overrides", json.dumps(overrides)]
+
+
+BASE_ARGS = base_args()  # the bundled model's base
+# Level-0 sampling of the bundled model: deterministic Heun (s_churn=0, the paper's text-to-video setting). EDM's
+# ImageNet-64 churn (s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.003) was compared on 24 held-out videos with
+# seeds 1000-1023 (not the evaluation seeds): direction 12% vs 29%, colour 92% for both, so churn stays off.
 SAMPLER = dict(s_churn=0.0)
 # The card's sample is `make demo`'s video: this prompt, seed 0, smooth tile blending, the pipeline's defaults.
 DEMO_PROMPT = "a red circle moving right slowly on a gray background"
+# The fine-tune reuses the base's scheduler, and with it the high-noise share of every batch.
+FINETUNE_ARGS = [
+    "--num_levels", "3", "--train_batch_size", "8", "--lr_warmup_steps", "20", "--ema_half_life", "100",
+    "--checkpointing_steps", "200", "--logging_steps", "25", "--keep_condition_above_sigma", "10",
+]  # fmt: skip
 
 
 def run(cmd: list[str]) -> None:
@@ -47,20 +74,29 @@ def main() -> int:
     p.add_argument("--output_dir", default="models/hpdm-shapes-demo")
     p.add_argument("--data_dir", default="data/shapes")
     p.add_argument("--num_videos", type=int, default=2000)
-    p.add_argument("--max_train_steps", type=int, default=5000)
+    p.add_argument("--base_steps", type=int, default=8000)
+    p.add_argument("--finetune_steps", type=int, default=1000)
     p.add_argument("--work_dir", default="outputs/demo-training")
     p.add_argument("--eval_videos", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--context_fusion", choices=("deep", "shallow"), default="deep",
+        help="deep: the bundled model's; shallow: docs/probes.md, probe 5",
+    )  # fmt: skip
     args = p.parse_args()
 
     py, train = sys.executable, str(HERE / "train_t2v.py")
-    trained = Path(args.work_dir) / "pyramid"
+    base, finetuned = Path(args.work_dir) / "base", Path(args.work_dir) / "finetune"
     run([py, "-m", "diffusers_hpdm.cli", "make-dataset", args.data_dir, "--num-videos", str(args.num_videos)])
-    # Rerunning resumes from the newest checkpoint (a finished run is reused); delete --work_dir to start over.
-    run([py, train, "--train_data_dir", args.data_dir, "--cache_videos", "--seed", str(args.seed),
-         "--resume_from_checkpoint", "latest", *TRAINING_ARGS, "--max_train_steps", str(args.max_train_steps),
-         "--output_dir", str(trained)])  # fmt: skip
-    export(trained, args.output_dir)
+    # Rerunning resumes each stage from its newest checkpoint (a finished stage is reused); delete --work_dir to
+    # start over.
+    common = ["--train_data_dir", args.data_dir, "--cache_videos", "--seed", str(args.seed),
+              "--resume_from_checkpoint", "latest"]  # fmt: skip
+    run([py, train, *common, *base_args(args.context_fusion), "--max_train_steps", str(args.base_steps),
+         "--output_dir", str(base)])  # fmt: skip
+    run([py, train, *common, *FINETUNE_ARGS, "--pretrained_base", str(base),
+         "--max_train_steps", str(args.finetune_steps), "--output_dir", str(finetuned)])  # fmt: skip
+    export(finetuned, args.output_dir)
     report = Path(args.work_dir) / "eval.json"
     run([py, "-m", "diffusers_hpdm.cli", "evaluate", "--model", args.output_dir, "--compile",
          "--num-videos", str(args.eval_videos), "--out", str(report)])  # fmt: skip
@@ -113,11 +149,12 @@ def finish_card(args, summary: dict) -> None:
     }
     training = (
         "Trained on CPU (2 cores) with `make train-demo`, i.e. `python examples/train_demo.py`, on the synthetic "
-        f"moving-shapes dataset (`hpdm make-dataset {args.data_dir} --num-videos {args.num_videos}`): the 3-level "
-        f"pyramid jointly from scratch for {args.max_train_steps} steps of 8 videos, one nested patch per level "
-        "and video in every step. LAMB lr 5e-3, wd 0.01 (biases, norms and the zero-initialised output head without "
-        "weight decay or layer adaptation), cosine schedule, EMA, conditioning dropout 0.1, fp32.\n\n"
-        f"Arguments: `{shlex.join(TRAINING_ARGS)} --seed {args.seed}`."
+        f"moving-shapes dataset (`hpdm make-dataset {args.data_dir} --num-videos {args.num_videos}`): a 1-level "
+        f"base at 4x16x16 for {args.base_steps} steps (batch 16), expanded to 3 levels with "
+        f"`HPDMTransformer.from_base` and fine-tuned for {args.finetune_steps} steps (batch 8). "
+        f"LAMB lr 5e-3, wd 0.01 (biases, norms and the zero-initialised output head without weight decay or layer "
+        f"adaptation), cosine schedule, EMA, conditioning dropout 0.1 (none for samples above sigma 10), fp32.\n\n"
+        f"Base: `{shlex.join(base_args(args.context_fusion))}`; fine-tune: `{shlex.join(FINETUNE_ARGS)}`."
     )
     files, caption = card_sample(args.output_dir)
     write_model_card(
@@ -125,13 +162,15 @@ def finish_card(args, summary: dict) -> None:
         domain=domain_description(),
         title="HPDM shapes demo (CPU-sized text-to-video)",
         description=(
-            "A 3-level HPDM text-to-video model trained from scratch on CPU on synthetic moving shapes (16x64x64 "
-            "videos from 4x16x16 patches). It exists so that the package can be run, tested and benchmarked "
-            f"offline; it is not a general-purpose video model. It saw ~{8 * args.max_train_steps // 1000}k "
-            "training clips (the paper's models see hundreds of millions). Its level 0 decides the layout, colour "
-            "and motion; the finer levels follow the coarser ones (docs/probes.md). The metrics below are measured "
-            "on attribute combinations never seen in training, with the pipeline's defaults; docs/evaluation.md "
-            "has the diagnosis and what was tried."
+            "A 3-level, 4M-parameter HPDM text-to-video model trained from scratch on CPU on synthetic moving "
+            "shapes (16x64x64 videos from 4x16x16 patches). It exists so that the package can be run, tested and "
+            "benchmarked offline; it is not a general-purpose video model. It saw "
+            f"~{(16 * args.base_steps + 8 * args.finetune_steps) // 1000}k training clips (the paper's models see "
+            "hundreds of millions). Its level 0 decides the layout and the motion; the finer levels keep that motion "
+            "but follow the coarse video loosely, so shapes are rough, and their overlapping tiles disagree, which "
+            'raises the seam score (`blending="smooth"` lowers it at the same accuracy). The metrics below are '
+            "measured on attribute combinations never seen in training, with the pipeline's defaults; "
+            "docs/evaluation.md and docs/direction.md have the diagnosis and what was tried."
         ),
         example_prompt=DEMO_PROMPT,
         training=training,

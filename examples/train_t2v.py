@@ -316,7 +316,7 @@ def main(args: argparse.Namespace) -> None:
                 generators = sample_generators(seed, global_step, range(first, first + n))
                 out = hpdm_loss(
                     transformer, noise_scheduler, videos, embeds, mask, labels, generators,
-                    cond_drop_prob=args.cond_drop_prob,
+                    cond_drop_prob=args.cond_drop_prob, keep_condition_above_sigma=args.keep_condition_above_sigma,
                 )  # fmt: skip
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:

@@ -80,6 +80,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--p_std", type=float, default=None, help="Std of ln(sigma) (default 1.2, or the base's when fine-tuning)."
     )
     g.add_argument(
+        "--high_noise_fraction",
+        type=float,
+        default=None,
+        help="Fraction of samples drawn at high noise, ln(sigma) ~ N(--high_noise_p_mean, --high_noise_p_std), "
+        "instead of N(p_mean, p_std) (default 0: the single log-normal).",
+    )
+    g.add_argument("--high_noise_p_mean", type=float, default=None, help="Mean of ln(sigma) there (default 3).")
+    g.add_argument("--high_noise_p_std", type=float, default=None, help="Std of ln(sigma) there (default 0.1).")
+    g.add_argument(
+        "--clean_context_fraction",
+        type=float,
+        default=None,
+        help="Fraction of samples whose coarser levels (below a random cut level) are drawn almost clean, "
+        "ln(sigma) ~ N(--clean_context_p_mean, --clean_context_p_std), as the pipeline's context sees them "
+        "(default 0: independent levels).",
+    )
+    g.add_argument("--clean_context_p_mean", type=float, default=None, help="Mean of ln(sigma) there (default -2.3).")
+    g.add_argument("--clean_context_p_std", type=float, default=None, help="Std of ln(sigma) there (default 0.5).")
+    g.add_argument(
         "--level_noise_shift",
         type=float,
         default=None,
@@ -156,6 +175,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lr_warmup_steps", type=int, default=20, help="Warm-up steps (paper: 5k-10k).")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping (0 disables).")
     g.add_argument("--cond_drop_prob", type=float, default=0.1, help="Conditioning dropout for CFG (paper: 0.1).")
+    g.add_argument(
+        "--keep_condition_above_sigma",
+        type=float,
+        default=None,
+        help="Samples whose level-0 sigma is above this are never conditioning-dropped (default: dropout at every "
+        "sigma).",
+    )
     g.add_argument("--ema_half_life", type=float, default=500.0, help="EMA half-life in optimizer steps.")
     g.add_argument(
         "--ema_rampup_ratio",

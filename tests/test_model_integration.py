@@ -22,7 +22,10 @@ CONFIG = dict(
     num_heads=2,
     levels_per_block=[1, 2, 3],
     text_embed_dim=16,
+    input_conv_channels=4,
+    output_conv_channels=4,
     output_modulation=True,
+    text_layout=True,
 )
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

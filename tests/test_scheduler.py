@@ -1,8 +1,6 @@
 """Tests of HPDMScheduler: EDM identities, external references (diffusers EDMEulerScheduler, EDM algorithm 2),
 sampled distributions, per-level grids and step counts, config round trip, argument checks."""
 
-import json
-import logging
 import math
 
 import pytest
@@ -357,47 +355,6 @@ def test_config_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "removed",
-    [
-        dict(high_noise_fraction=0.0, high_noise_p_mean=3.0, high_noise_p_std=0.1, clean_context_fraction=0.0,
-             clean_context_p_mean=-2.3, clean_context_p_std=0.5),  # off: what every earlier config held
-        dict(high_noise_fraction=0.5, high_noise_p_mean=3.0, high_noise_p_std=0.1),  # the former demo's
-        dict(high_noise_fraction=0.25, high_noise_p_mean=2.0, high_noise_p_std=0.2, clean_context_fraction=0.5,
-             clean_context_p_mean=-2.0, clean_context_p_std=0.3),
-    ],
-)  # fmt: skip
-def test_config_with_removed_training_noise_options_loads(tmp_path, removed):
-    """A config saved by an earlier version with the removed training-noise options (off or on) loads without a
-    warning and equals a fresh default scheduler's config on every remaining key; it samples and draws the same."""
-    fresh = HPDMScheduler()
-    fresh.save_config(tmp_path)
-    config_file = tmp_path / "scheduler_config.json"
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **removed}))
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    library_logger = logging.getLogger("diffusers")
-    library_logger.addHandler(handler)
-    try:
-        loaded = HPDMScheduler.from_pretrained(tmp_path)
-        from_config = HPDMScheduler.from_config({**fresh.config, **removed})
-    finally:
-        library_logger.removeHandler(handler)
-    assert records == []
-
-    def public(config):
-        return {k: v for k, v in config.items() if not k.startswith("_")}
-
-    for scheduler in (loaded, from_config):
-        assert public(scheduler.config) == public(fresh.config) and not set(removed) & set(scheduler.config)
-        scheduler.set_timesteps(10)
-        fresh.set_timesteps(10)
-        assert torch.equal(scheduler.sigmas, fresh.sigmas) and torch.equal(scheduler.timesteps, fresh.timesteps)
-        draw = scheduler.sample_training_sigmas(8, 3, generator=torch.Generator().manual_seed(0))
-        assert torch.equal(draw, fresh.sample_training_sigmas(8, 3, generator=torch.Generator().manual_seed(0)))
-
-
-@pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(sigma_min=1.0, sigma_max=0.5), "sigma_min < sigma_max"),
@@ -462,13 +419,35 @@ def test_training_sigmas_lognormal_per_level_and_deterministic():
     assert_same_draws(rows[1:], alone)
 
 
-def test_training_sigmas_are_exactly_the_shifted_lognormal():
-    """One normal draw per (row, level), in that order: ``exp(p_mean + l * ln(shift) + p_std * z)``."""
-    n = 20_000
+def test_training_sigmas_high_noise_mixture():
+    n, fraction = 20_000, 0.25
+    # fraction 0 (the default) draws exactly what the single log-normal always drew
     single = HPDMScheduler(p_mean=-0.4, p_std=1.4)
     z = torch.randn(n, 3, generator=torch.Generator().manual_seed(3))
     expected = (-0.4 + torch.arange(3) * math.log(single.noise_shift) + 1.4 * z).exp()
     assert torch.equal(single.sample_training_sigmas(n, 3, generator=torch.Generator().manual_seed(3)), expected)
+    # a main component far from N(3, 0.1) (6 std apart) tells the two apart exactly
+    mixed = HPDMScheduler(p_mean=-2.0, p_std=0.5, high_noise_fraction=fraction)
+    log_sigma = mixed.sample_training_sigmas(n, 3, generator=torch.Generator().manual_seed(3)).double().log()
+    high = log_sigma[:, 0] > 1.0
+    assert abs(high.double().mean().item() - fraction) < 4 * math.sqrt(fraction * (1 - fraction) / n)
+    assert abs(log_sigma[high, 0].mean().item() - 3.0) < 0.01 and abs(log_sigma[high, 0].std().item() - 0.1) < 0.01
+    assert abs(log_sigma[~high, 0].mean().item() + 2.0) < 0.02 and abs(log_sigma[~high, 0].std().item() - 0.5) < 0.02
+    # the per-level shift applies to both components
+    shift = log_sigma[:, 2] - log_sigma[:, 0]
+    assert abs(shift.mean().item() - 2 * math.log(mixed.noise_shift)) < 0.03  # 4 std of the mean
+    # one generator per row still decides its row alone
+    rows = mixed.sample_training_sigmas(3, 2, generator=[torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    alone = mixed.sample_training_sigmas(1, 2, generator=[torch.Generator().manual_seed(6)])
+    assert_same_draws(rows[2:], alone)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(high_noise_fraction=1.5), dict(high_noise_fraction=-0.1), dict(high_noise_p_std=0)]
+)
+def test_bad_high_noise_mixture_raises(kwargs):
+    with pytest.raises(ValueError, match="high_noise"):
+        HPDMScheduler(**kwargs)
 
 
 def test_starting_mid_schedule_picks_the_first_evaluation_of_an_interval():
@@ -494,3 +473,45 @@ def test_cuda_sampling_matches_cpu_with_cpu_generator():
     cuda = run_loop(scheduler, x.cuda(), smooth_model, torch.Generator().manual_seed(17))[-1]
     assert cuda.device.type == "cuda"
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-9, atol=1e-9)
+
+
+def test_training_sigmas_clean_context():
+    """``clean_context_fraction``: that share of rows draws the levels below a uniform cut level from the clean
+    component (shifted per level); the cut level and the finer ones keep their draw; 0 draws what it always drew."""
+    n, fraction, L = 30_000, 0.4, 3
+    kw = dict(p_mean=1.5, p_std=0.3, high_noise_fraction=0.25, clean_context_p_std=0.2)
+    plain = HPDMScheduler(**kw)
+    mixed = HPDMScheduler(**kw, clean_context_fraction=fraction)
+    assert torch.equal(
+        HPDMScheduler(**kw, clean_context_fraction=0.0).sample_training_sigmas(
+            64, L, generator=torch.Generator().manual_seed(1)
+        ),
+        plain.sample_training_sigmas(64, L, generator=torch.Generator().manual_seed(1)),
+    )
+    before = plain.sample_training_sigmas(n, L, generator=torch.Generator().manual_seed(2))
+    after = mixed.sample_training_sigmas(n, L, generator=torch.Generator().manual_seed(2))
+    shift = math.log(mixed.noise_shift) * torch.arange(L)
+    # the clean component (ln sigma ~ N(-2.3, 0.2) at level 0) and the main one (N(1.5, 0.3)) are 6+ std apart
+    clean = (after.double().log() - shift) < -0.7  # (n, L)
+    cut = clean.sum(1)  # levels 0 .. cut-1 are clean
+    assert torch.equal(clean, torch.arange(L) < cut[:, None])  # always a prefix of the levels, never the finest
+    assert cut.max() == L - 1
+    share = (cut > 0).double().mean().item()
+    assert abs(share - fraction) < 4 * math.sqrt(fraction * (1 - fraction) / n)
+    assert abs((cut == 1).double().mean().item() - fraction / 2) < 0.015  # the cut level is uniform over 1..L-1
+    # unchanged levels keep exactly their draw; clean ones have the clean component's statistics
+    assert torch.equal(after[~clean], before[~clean])
+    z = after.double().log()[:, 0][clean[:, 0]]
+    assert abs(z.mean().item() + 2.3) < 0.01 and abs(z.std().item() - 0.2) < 0.01
+    # one generator per row still decides its row alone; one level has no coarser level to clean
+    rows = mixed.sample_training_sigmas(3, L, generator=[torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    alone = mixed.sample_training_sigmas(1, L, generator=[torch.Generator().manual_seed(6)])
+    assert_same_draws(rows[2:], alone)
+    one = mixed.sample_training_sigmas(64, 1, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(one, plain.sample_training_sigmas(64, 1, generator=torch.Generator().manual_seed(7)))
+
+
+@pytest.mark.parametrize("kwargs", [dict(clean_context_fraction=2.0), dict(clean_context_p_std=0.0)])
+def test_bad_clean_context_raises(kwargs):
+    with pytest.raises(ValueError, match="clean_context"):
+        HPDMScheduler(**kwargs)

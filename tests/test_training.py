@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -133,6 +132,27 @@ def test_loss_draws_nested_boxes_and_sigmas_shifted_per_level():
     assert torch.equal(boxes[:, 0], torch.tensor([0.0, 0, 0, 1, 1, 1]).expand(B, 6))
     assert box_contains(boxes[:, :-1], boxes[:, 1:]).all()  # level l inside level l-1
     assert 0.15 < call["drop"].float().mean().item() < 0.35
+
+
+def test_loss_keeps_the_conditioning_of_high_noise_samples_when_asked():
+    scheduler = HPDMScheduler(level_growth=GROWTH, high_noise_fraction=0.5)
+    B = 64
+    videos = _videos(B)
+    runs = {}
+    for keep in (None, 10.0):
+        model = OracleModel(scheduler, videos, "zeros")
+        out = hpdm_loss(
+            model, scheduler, videos, None, None, None, sample_generators(1, 0, range(B)),
+            cond_drop_prob=0.5, keep_condition_above_sigma=keep,
+        )  # fmt: skip
+        runs[keep] = out
+        assert torch.equal(model.calls[0]["drop"], out.drop_conditioning)
+    everywhere, kept = runs[None], runs[10.0]
+    assert torch.equal(everywhere.sigmas, kept.sigmas)  # the same draws: only the dropout of high rows changes
+    high = everywhere.sigmas[:, 0] > 10
+    assert 16 < high.sum() < 48 and everywhere.drop_conditioning[high].any()
+    assert not kept.drop_conditioning[high].any()
+    assert torch.equal(kept.drop_conditioning[~high], everywhere.drop_conditioning[~high])
 
 
 def test_loss_randomness_is_per_sample():
@@ -530,45 +550,51 @@ def test_low_resolution_base_then_pyramid(train_script, micro_data, tmp_path):
 
 
 def test_demo_recipe_arguments_build_what_they_say(train_script, tmp_path):
-    """``examples/train_demo.py``'s one stage parses with the training script and builds what its docstring says: a
-    3-level pyramid trained jointly from scratch with shallow fusion, with the preset's layers only (none of the
-    former extensions' modules)."""
+    """``examples/train_demo.py``'s stage arguments parse with the training script; the base's model has the layout
+    code, both gates and both convolutions, its scheduler the high-noise share, and the fine-tune inherits that share
+    from the base."""
     spec = importlib.util.spec_from_file_location("train_demo", ROOT / "examples" / "train_demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     components = sys.modules["train_t2v_components"]
-    args = train_script.parse_args([*demo.TRAINING_ARGS, "--train_data_dir", str(tmp_path)])
-    assert args.num_levels == 3 and args.pretrained_base is None
-    assert json.loads(args.model_overrides) == demo.MODEL_OVERRIDES == {"context_fusion": "shallow"}
-    encoder = types.SimpleNamespace(config=types.SimpleNamespace(d_model=16))  # only its width is read
-    model = components.build_transformer(args, encoder, None)
-    assert model.config.num_levels == 3 and model.config.context_fusion == "shallow" and model.fusion is None
-    assert model.config.text_embed_dim == 16
-    assert {name for name, _ in model.named_children()} == {
-        "tokenizer", "time_embedding", "box_embedding", "text_proj", "blocks", "norm_out", "out_modulation", "proj_out",
-    }  # fmt: skip
+    base_args = train_script.parse_args([*demo.BASE_ARGS, "--train_data_dir", str(tmp_path)])
+    assert base_args.keep_condition_above_sigma == 10 and base_args.num_levels == 1
+    overrides = json.loads(base_args.model_overrides)
+    model = HPDMTransformer.from_preset(
+        base_args.preset, **overrides, text_embed_dim=16, num_levels=1, levels_per_block=None
+    )
+    assert model.config.text_layout and model.config.text_layout_sigma == 2.0 and model.config.input_gate_sigma == 0.5
+    assert model.conv_in is not None and model.conv_out is not None  # the convolutions across token borders
+    scheduler = components.build_scheduler(base_args, model)
+    assert scheduler.config.high_noise_fraction == 0.5 and scheduler.config.p_mean == -0.4
+    scheduler.save_pretrained(tmp_path / "base" / "scheduler")
+    tune_args = train_script.parse_args(
+        [*demo.FINETUNE_ARGS, "--train_data_dir", str(tmp_path), "--pretrained_base", str(tmp_path / "base")]
+    )
+    assert tune_args.keep_condition_above_sigma == 10
+    assert components.build_scheduler(tune_args, model).config.high_noise_fraction == 0.5
 
 
 def test_fine_tune_scheduler_takes_explicit_noise_options(train_script, tmp_path):
-    """A fine-tune inherits the base's scheduler (its noise shift included), and a noise option given on the command
-    line replaces the base's value, also one the base's saved config does not have (written before it existed)."""
+    """A fine-tune inherits the base's scheduler, and a noise option given on the command line replaces the base's
+    value, also one the base's saved config does not have (a newer option)."""
     components = sys.modules["train_t2v_components"]
-    base = HPDMScheduler(p_mean=-0.4, p_std=1.4, level_noise_shift=3.0)
+    base = HPDMScheduler(p_mean=-0.4, high_noise_fraction=0.5)
     base.save_pretrained(tmp_path / "base" / "scheduler")
     config_file = tmp_path / "base" / "scheduler" / "scheduler_config.json"
     saved = json.loads(config_file.read_text())
-    saved.pop("p_std")  # as if written before the option existed: the file's default (1.2) applies
+    saved.pop("clean_context_fraction")  # as written before the option existed
     config_file.write_text(json.dumps(saved))
     model = HPDMTransformer.from_preset("tiny", text_embed_dim=16)
     argv = ["--train_data_dir", str(tmp_path), "--pretrained_base", str(tmp_path / "base")]
     inherited = components.build_scheduler(train_script.parse_args(argv), model)
-    assert inherited.config.p_mean == -0.4 and inherited.config.p_std == 1.2
-    assert inherited.config.level_noise_shift == 3.0
-    argv += ["--p_std", "0.8", "--p_mean", "-1.0"]
+    assert inherited.config.p_mean == -0.4 and inherited.config.clean_context_fraction == 0.0
+    argv += ["--clean_context_fraction", "0.5", "--high_noise_fraction", "0.25"]
     tuned = components.build_scheduler(train_script.parse_args(argv), model)
-    assert tuned.config.p_std == 0.8 and tuned.config.p_mean == -1.0 and tuned.config.level_noise_shift == 3.0
-    with pytest.raises(ValueError, match="p_std"):
-        components.build_scheduler(train_script.parse_args([*argv, "--p_std", "0"]), model)
+    assert tuned.config.clean_context_fraction == 0.5 and tuned.config.high_noise_fraction == 0.25
+    assert tuned.config.p_mean == -0.4
+    with pytest.raises(ValueError, match="clean_context"):
+        components.build_scheduler(train_script.parse_args([*argv, "--clean_context_fraction", "2"]), model)
 
 
 def test_pretrained_base_with_model_overrides_converts_fusion(train_script, tmp_path):

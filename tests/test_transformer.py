@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close_rounding, randomize_, transformer_depth
+from conftest import assert_close_rounding, randomize_, rounding_atol, transformer_depth
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers_hpdm import geometry as G
 from diffusers_hpdm.models import HPDMTransformer
+from diffusers_hpdm.models.positions import LAYOUT_FREQUENCIES
 
 TINY = dict(
     patch_size=(4, 8, 8),
@@ -74,11 +75,57 @@ def run_tiled_vs_joint(model: HPDMTransformer, overlap=G.AXES):
     return joint, outs[finest]
 
 
+def test_text_layout_sigma_scales_the_layout_code_by_the_complementary_gate():
+    """``text_layout_sigma`` multiplies the layout code of each patch by ``sigma / sqrt(s_l^2 + sigma^2)``: nothing
+    else in a token changes, the code is nearly gone at low noise and nearly whole at high noise."""
+    kw = {**TINY, "text_embed_dim": 16, "text_layout": True}
+    ungated = HPDMTransformer(**kw).eval()
+    randomize_(ungated.layout_text, std=0.5)
+    gated = HPDMTransformer(**{**kw, "text_layout_sigma": 2.0}).eval()
+    gated.load_state_dict(ungated.state_dict())
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(4, TINY["patch_size"], 1, generator=g)[:, 0]  # (N, 6)
+    x = torch.randn(4, 3, *TINY["patch_size"], generator=g)
+    sigma = torch.tensor([0.002, 1.0, 2.0, 80.0])
+    t = sigma.log() / 4
+    cond = cond_kwargs(ungated, 4, g)
+    ehs, mask = cond["encoder_hidden_states"], cond["encoder_attention_mask"]
+    coords = ungated._coords(boxes, torch.float32)
+    with torch.no_grad():
+        code = ungated._text_layout(boxes, ehs, mask, None, torch.float32)  # (N, T, D)
+        args = (x, coords, None, torch.zeros(4, ungated.config.latent_dim), t)
+        bare = ungated._tokenize(*args)
+        delta_ungated = ungated._tokenize(*args, layout=code) - bare
+        delta_gated = gated._tokenize(*args, layout=code) - bare
+    gain = sigma / torch.sqrt(4.0 + sigma**2)
+    # (tokens + code) + positions - (tokens + positions): 4 roundings at the tokens' scale; the gated code also
+    # carries the gain's relative error: the test's log and the model's exp of sigma (|ln sigma| / 2 eps + 1 ulp
+    # each), then the gain's square, sum, root and division
+    scale = max(bare.abs().max().item(), (bare + code).abs().max().item())
+    assert_close_rounding(delta_ungated, code, 4, scale)
+    assert_close_rounding(delta_gated, code * gain[:, None, None], 4 + sigma.log().abs().max().item() + 6, scale)
+    assert gain[0] < 1e-3 and abs(gain[2] - 0.5**0.5) < rounding_atol(1.0, 2) and gain[3] > 0.99  # root, division
+    for bad in (dict(text_layout_sigma=0.0), dict(text_layout=False, text_layout_sigma=1.0)):
+        with pytest.raises(ValueError, match="text_layout_sigma"):
+            HPDMTransformer(**{**kw, **bad})
+
+
 @pytest.mark.parametrize(
     "kw",
     [
         dict(text_embed_dim=16),
-        dict(text_embed_dim=16, output_modulation=True, activation_fn="gelu"),
+        dict(
+            text_embed_dim=16,
+            output_modulation=True,
+            input_modulation=True,
+            activation_fn="gelu",
+            pooled_text_embedding=True,
+            text_layout=True,
+            input_gate_sigma=2.0,
+            text_layout_sigma=2.0,
+            output_conv_channels=4,
+            input_conv_channels=4,
+        ),
         dict(num_classes=5),
         dict(text_embed_dim=16, num_classes=5, context_fusion="shallow"),
         dict(patch_size=(4, 12, 16), level_growth=(1, 2, 2), tokenizer_patch=(1, 3, 4), num_classes=3),
@@ -240,23 +287,6 @@ def test_save_load_round_trip_is_bit_exact_and_safetensors_only(tmp_path):
         assert torch.equal(model(x, t, boxes, **cond).sample, loaded(x, t, boxes, **cond).sample)
 
 
-def test_checkpoint_using_a_removed_option_fails_to_load_and_one_with_it_off_loads(tmp_path):
-    """A config that sets an option the class no longer has (its weights would be dropped silently) raises, naming
-    it; the same option written as off (what older versions saved for every model) loads bit-exactly."""
-    model = make()
-    model.save_pretrained(tmp_path)
-    config_file = tmp_path / "config.json"
-    config = json.loads(config_file.read_text())
-    config_file.write_text(json.dumps({**config, "text_layout": False, "input_conv_channels": None}))
-    loaded = HPDMTransformer.from_pretrained(tmp_path)
-    assert "text_layout" not in loaded.config
-    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), k
-    config_file.write_text(json.dumps({**config, "text_layout": True, "input_conv_channels": 16}))
-    with pytest.raises(ValueError, match=r"input_conv_channels', 'text_layout'.*Retrain without them"):
-        HPDMTransformer.from_pretrained(tmp_path)
-
-
 def test_gradient_checkpointing_gives_the_same_gradients():
     boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=torch.Generator().manual_seed(0))
     x, t = torch.randn(2, 3, 3, *TINY["patch_size"]), torch.randn(2, 3)
@@ -271,16 +301,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert_close_rounding(grads[1], grads[0], 2 * transformer_depth(TINY))
 
 
-def test_conditioning_null_and_masking():
-    model = make(text_embed_dim=16, num_classes=4)
+@pytest.mark.parametrize("pooled", [False, True], ids=["tokens", "tokens+pooled"])
+def test_conditioning_null_and_masking(pooled):
+    model = make(text_embed_dim=16, num_classes=4, pooled_text_embedding=pooled)
     g = torch.Generator().manual_seed(0)
     boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
     x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
     cond = cond_kwargs(model, 2, g)
     with torch.no_grad():
         a = model(x, t, boxes, **cond).sample
-        # Padded text tokens are invisible: changing them changes nothing (their attention weight is 0; at most
-        # rounding of the model's depth).
+        # Padded text tokens are invisible: changing them changes nothing (their attention weight and their share of
+        # the pooled mean are 0; at most rounding of the model's depth).
         cond2 = dict(cond, encoder_hidden_states=cond["encoder_hidden_states"].clone())
         cond2["encoder_hidden_states"][:, 3:] += 10
         assert_close_rounding(model(x, t, boxes, **cond2).sample, a, transformer_depth(model.config))
@@ -295,6 +326,178 @@ def test_conditioning_null_and_masking():
         assert not torch.allclose(d1, a, atol=1e-4)
 
 
+def with_option(base_kw: dict, option: str, new_parameters: set[str], value=True):
+    """A model without ``option`` and one with it on the same weights (only ``new_parameters`` are new), plus a
+    joint-forward input: nested boxes, pixels and noise levels for 2 samples x 3 levels."""
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    x, t = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g), torch.randn(2, 3, generator=g)
+    plain = make(**base_kw)
+    torch.manual_seed(0)
+    extended = HPDMTransformer(**{**TINY, **base_kw, option: value}).eval()
+    missing, unexpected = extended.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == new_parameters and not unexpected
+    return plain, extended, (x, t, boxes), g
+
+
+def assert_same_output(a: HPDMTransformer, b: HPDMTransformer, inputs, **kw) -> None:
+    """The same function: equal up to rounding of the model's depth (the new terms are exact zeros at init)."""
+    with torch.no_grad():
+        assert_close_rounding(a(*inputs, **kw).sample, b(*inputs, **kw).sample, transformer_depth(b.config))
+
+
+def test_input_modulation_starts_as_identity_and_can_mute_the_pixels():
+    """At init the gain is 1 (same output as the same weights without it); a gain of 0 makes the output independent
+    of the noisy pixels (positions, noise level and conditioning still reach the tokens)."""
+    plain, gated, (x, t, boxes), _ = with_option(
+        dict(num_classes=4), "input_modulation", {"in_modulation.weight", "in_modulation.bias"}
+    )
+    labels = torch.tensor([1, 2])
+    assert_same_output(gated, plain, (x, t, boxes), class_labels=labels)
+    with torch.no_grad():
+        gated.in_modulation.weight.zero_()
+        gated.in_modulation.bias.fill_(-1.0)  # gain 0 at every noise level: the pixels no longer reach the tokens
+        a = gated(x, t, boxes, class_labels=labels).sample
+        b = gated(torch.randn_like(x), t, boxes, class_labels=labels).sample
+    assert_close_rounding(a, b, transformer_depth(gated.config))
+    assert "in_modulation.weight" in HPDMTransformer._zero_init_parameters
+
+
+def test_pooled_text_embedding_starts_at_zero_and_reads_the_prompt():
+    """The pooled path adds nothing at init (a model with it computes what the same weights compute without it);
+    once trained it changes the output with the prompt even when every text token's attention is unchanged."""
+    plain, pooled, (x, t, boxes), g = with_option(
+        dict(text_embed_dim=16), "pooled_text_embedding", {"pooled_text_proj.weight", "pooled_text_proj.bias"}
+    )
+    cond = cond_kwargs(plain, 2, g)
+    with torch.no_grad():
+        assert_same_output(pooled, plain, (x, t, boxes), **cond)
+        randomize_(pooled.pooled_text_proj)
+        assert not torch.allclose(pooled(x, t, boxes, **cond).sample, plain(x, t, boxes, **cond).sample, atol=1e-4)
+    assert "pooled_text_proj.weight" in HPDMTransformer._zero_init_parameters
+    with pytest.raises(ValueError, match="text_embed_dim"):
+        HPDMTransformer(**{**TINY, "pooled_text_embedding": True})
+
+
+def test_input_gate_equals_scaling_the_pixels_by_the_gate():
+    """``input_gate_sigma`` is a fixed gain on the pixels: the gated model computes what the same weights compute on
+    pixels scaled by ``s_g / sqrt(s_g^2 + sigma^2)``, with ``sigma = exp(4 c_noise)`` per patch."""
+    plain = make(num_classes=4)
+    gated = HPDMTransformer(**{**TINY, "num_classes": 4, "input_gate_sigma": 2.0}).eval()
+    gated.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)
+    x = torch.randn(2, 3, 3, *TINY["patch_size"], generator=g)
+    sigma = torch.tensor([[0.1, 2.0, 20.0], [80.0, 1.0, 0.5]])
+    t, labels = sigma.log() / 4, torch.tensor([1, 2])
+    gain = 2.0 / torch.sqrt(4.0 + sigma**2)
+    with torch.no_grad():
+        expected = plain(x * gain[..., None, None, None, None], t, boxes, class_labels=labels).sample
+        got = gated(x, t, boxes, class_labels=labels).sample
+    # rounding of the model's depth, plus the gain's relative error entering with the pixels: the test's log and the
+    # model's exp of sigma (|ln sigma| / 2 eps + 1 ulp each), then the gain's square, sum, root and division
+    assert_close_rounding(got, expected, transformer_depth(plain.config) + sigma.log().abs().max().item() + 6)
+    assert 0.09 < gain[0, 2] < 0.1 and gain[0, 0] > 0.99  # sigma 20: a tenth; sigma 0.1: untouched
+    with pytest.raises(ValueError, match="input_gate_sigma"):
+        HPDMTransformer(**{**TINY, "input_gate_sigma": 0.0})
+
+
+def test_text_layout_starts_at_zero_follows_the_prompt_and_global_position():
+    """The layout code adds nothing at init; once trained it changes the output with the prompt, is absent for the
+    null prompt of guidance, and depends on a token's global coordinates, not on where it sits in its tile."""
+    new = {"layout_position.weight", "layout_position.bias", "layout_text.weight", "layout_text.bias"}
+    plain, layout, (x, t, boxes), g = with_option(dict(text_embed_dim=16), "text_layout", new)
+    cond = cond_kwargs(plain, 2, g)
+    drop = torch.tensor([True, False])
+    with torch.no_grad():
+        assert_same_output(layout, plain, (x, t, boxes), **cond)
+        randomize_(layout.layout_text, std=0.5)
+        changed = layout(x, t, boxes, **cond, drop_conditioning=drop).sample
+        reference = plain(x, t, boxes, **cond, drop_conditioning=drop).sample
+        # the null prompt gets no layout code
+        assert_close_rounding(changed[0], reference[0], transformer_depth(plain.config))
+        assert (changed[1] - reference[1]).abs().max() > 1e-3
+        # Two tiles one token apart along w: the code moves with the global position.
+        box = torch.tensor([[0.0, 0.25, 0.25, 0.5, 0.5, 0.5]])
+        step = box[0, 5] / layout.token_grid[2]
+        tiles = torch.cat([box, box + torch.tensor([0, 0, step, 0, 0, 0])])
+        ehs, mask = (
+            cond["encoder_hidden_states"][:1].expand(2, -1, -1),
+            cond["encoder_attention_mask"][:1].expand(2, -1),
+        )
+        code = layout._text_layout(tiles, ehs, mask, None, torch.float32).unflatten(1, layout.token_grid)
+    # The two tiles' shared tokens have the same (dyadic, exact) coordinates but sit elsewhere in the batch: their
+    # Fourier features (sin, cos: an ulp) and the projection (6 K features) may round differently.
+    assert_close_rounding(code[1, :, :, :-1], code[0, :, :, 1:], 6 * LAYOUT_FREQUENCIES + 2, code.abs().max())
+    assert (code[0, :, :, 1:] - code[0, :, :, :-1]).abs().max() > 1e-3
+    assert "layout_text.weight" in HPDMTransformer._zero_init_parameters
+    with pytest.raises(ValueError, match="text_embed_dim"):
+        HPDMTransformer(**{**TINY, "text_layout": True})
+
+
+def test_output_conv_starts_at_zero_and_reaches_one_pixel_across_token_borders():
+    """The convolution adds nothing at init. Once trained, changing one token changes its own pixels under the
+    linear readout alone, and with the convolution also the one-pixel ring around them (same frame), nothing else."""
+    new = {"proj_hidden.weight", "proj_hidden.bias", "conv_out.weight", "conv_out.bias"}
+    plain, conv, (x, t, boxes), g = with_option(dict(num_classes=4), "output_conv_channels", new, value=4)
+    labels = torch.tensor([1, 2])
+    assert_same_output(conv, plain, (x, t, boxes), class_labels=labels)
+    with torch.no_grad():
+        randomize_(conv.conv_out, std=0.5)
+        tokens = torch.randn(1, math.prod(conv.token_grid), TINY["token_dim"], generator=g)
+        t_emb = torch.randn(1, TINY["latent_dim"], generator=g)
+        k = 1 * 16 + 1 * 4 + 2  # token (f=1, h=1, w=2) of the 4x4x4 grid: frame 1, rows 2-3, columns 4-5
+        moved = tokens.clone()
+        moved[0, k] += torch.randn(TINY["token_dim"], generator=g)
+        # changed: beyond the rounding of the readout (norm, projection, convolution, channel sum) at its scale
+        changed = {
+            name: (m._detokenize(moved, t_emb) - m._detokenize(tokens, t_emb)).abs().sum(1)[0]
+            > rounding_atol(m._detokenize(tokens, t_emb).abs().max(), 4)
+            for name, m in (("plain", plain), ("conv", conv))
+        }
+    expected = torch.zeros(4, 8, 8, dtype=torch.bool)
+    expected[1, 2:4, 4:6] = True
+    assert torch.equal(changed["plain"], expected)
+    expected[1, 1:5, 3:7] = True
+    assert torch.equal(changed["conv"], expected)
+    assert "conv_out.weight" in HPDMTransformer._zero_init_parameters
+    with pytest.raises(ValueError, match="output_conv_channels"):
+        HPDMTransformer(**{**TINY, "output_conv_channels": 0})
+
+
+def test_input_conv_starts_at_zero_and_lets_a_token_see_the_pixels_around_it():
+    """The convolution adds nothing at init. Once trained, changing the pixel in the corner of a token changes that
+    token alone under the linear tokenizer, and with the convolution also the three tokens that touch the corner."""
+    new = {"conv_in.weight", "conv_in.bias", "tokenizer_conv.weight", "tokenizer_conv.bias"}
+    plain, conv, (x, t, boxes), g = with_option(dict(num_classes=4), "input_conv_channels", new, value=4)
+    labels = torch.tensor([1, 2])
+    assert_same_output(conv, plain, (x, t, boxes), class_labels=labels)
+    with torch.no_grad():
+        randomize_(conv.tokenizer_conv, std=0.5)
+        pixels = torch.randn(1, 3, *TINY["patch_size"], generator=g)
+        coords = torch.zeros(1, math.prod(conv.token_grid), 3)
+        t_emb, c_noise = torch.randn(1, TINY["latent_dim"], generator=g), torch.zeros(1)
+        moved = pixels.clone()
+        moved[0, :, 1, 3, 3] += 1.0  # the bottom-right pixel of token (f=1, h=1, w=1) of the 4x4x4 grid
+        # changed: beyond the rounding of the tokenizer (projection, convolution, position code, channel sum)
+        changed = {
+            name: (
+                m._tokenize(moved, coords, None, t_emb, c_noise) - m._tokenize(pixels, coords, None, t_emb, c_noise)
+            )
+            .abs()
+            .sum(-1)[0]
+            .reshape(conv.token_grid)
+            > rounding_atol(m._tokenize(pixels, coords, None, t_emb, c_noise).abs().max(), 4)
+            for name, m in (("plain", plain), ("conv", conv))
+        }
+    expected = torch.zeros(4, 4, 4, dtype=torch.bool)
+    expected[1, 1, 1] = True
+    assert torch.equal(changed["plain"], expected)
+    expected[1, 1:3, 1:3] = True
+    assert torch.equal(changed["conv"], expected)
+    assert "tokenizer_conv.weight" in HPDMTransformer._zero_init_parameters
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [
@@ -303,6 +506,7 @@ def test_conditioning_null_and_masking():
         (dict(context_fusion="pixel"), "context_fusion"),
         (dict(patch_size=(4, 9, 8)), "not divisible"),
         (dict(level_growth=(3, 2, 2)), "level_growth"),
+        (dict(input_conv_channels=0), "input_conv_channels"),
     ],
 )
 def test_bad_configs_raise(kw, match):

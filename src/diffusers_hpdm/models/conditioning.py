@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.embeddings import get_timestep_embedding
+from torch import nn
+
+from .positions import layout_features
 
 
 class ConditioningMixin:
@@ -34,6 +37,8 @@ class ConditioningMixin:
         t_emb = self.time_embedding(freq.to(dtype))  # (N, D)
         drop = drop_conditioning if drop_conditioning is not None else torch.zeros(n, dtype=torch.bool)
         drop = drop.to(timestep.device).bool()
+        if self.pooled_text_proj is not None and encoder_hidden_states is not None:
+            t_emb = t_emb + self._pooled_text(encoder_hidden_states, encoder_attention_mask, drop, dtype)
         tokens = [(t_emb + self.box_embedding(boxes.to(dtype)))[:, None]]
         keep = [torch.ones(n, 1, dtype=torch.bool, device=timestep.device)]
         if self.class_embedding is not None:
@@ -77,3 +82,26 @@ class ConditioningMixin:
             bias = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(~keys, float("-inf"))
             bias = bias[:, None, :]  # (N, 1, M + S)
         return t_emb, cond, bias
+
+    def _text_layout(self, boxes, ehs, mask, drop, dtype) -> torch.Tensor | None:
+        """The ``text_layout`` code ``(N, T, D_tok)``, or ``None`` when the option is off or there is no text."""
+        if self.layout_text is None or ehs is None:
+            return None
+        text = self._project_pooled(self.layout_text, ehs, mask, drop, dtype)  # (N, Dt)
+        position = self.layout_position(layout_features(boxes, self.token_grid).to(dtype))  # (N, T, Dt)
+        return position * text[:, None]
+
+    def _pooled_text(self, ehs: torch.Tensor, mask: torch.Tensor | None, drop: torch.Tensor, dtype) -> torch.Tensor:
+        """``pooled_text_proj`` of the mean of the unmasked text embeddings ``(N, D)``; zero where dropped (CFG)."""
+        return self._project_pooled(self.pooled_text_proj, ehs, mask, drop, dtype)
+
+    @staticmethod
+    def _project_pooled(proj: nn.Linear, ehs, mask: torch.Tensor | None, drop: torch.Tensor | None, dtype):
+        """``proj`` of the masked mean of the text embeddings ``(N, D)``; zero for dropped rows (CFG)."""
+        keep = torch.ones(ehs.shape[0], dtype=torch.bool, device=ehs.device)
+        if drop is not None:
+            keep = ~drop.to(ehs.device).bool()
+        weights = torch.ones(ehs.shape[:2], device=ehs.device) if mask is None else mask.to(ehs.device).float()
+        weights = weights * keep[:, None]
+        pooled = (ehs.float() * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
+        return proj(pooled.to(dtype)) * keep.to(dtype)[:, None]

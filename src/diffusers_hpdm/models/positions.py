@@ -1,11 +1,24 @@
-"""Fixed position code of ``HPDMTransformer``'s tokens: the sine-cosine table of a token's position inside its
-patch."""
+"""Fixed position codes of ``HPDMTransformer``'s tokens: the sine-cosine table of a token's position inside its
+patch, and the Fourier features of its global coordinates that the optional ``text_layout`` code is built from."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from einops import rearrange
+
+from ..geometry import token_coordinates
+
+LAYOUT_FREQUENCIES = 4  # `text_layout`: sin and cos of pi * k * coordinate, k = 1..4, per axis
+
+
+def layout_features(boxes: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Fourier features of every token centre's global coordinates (in ``[0, 1]``): ``(N, T, 6 * K)``."""
+    coords = rearrange(token_coordinates(boxes.float(), grid), "n c f h w -> n (f h w) c")
+    k = torch.arange(1, LAYOUT_FREQUENCIES + 1, dtype=coords.dtype, device=coords.device)
+    angles = (math.pi * coords[..., None] * k).flatten(-2)  # (N, T, 3K)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def sincos_position_table(grid: tuple[int, int, int], dim: int) -> torch.Tensor:

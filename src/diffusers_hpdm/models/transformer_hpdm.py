@@ -28,17 +28,11 @@ from ..geometry import AXES, check_divisible, context_chain, level_sizes, relati
 from .conditioning import ConditioningMixin
 from .context import DeepContextFusion, LevelContext, gather_context, sample_boxes
 from .patch_io import PatchIOMixin
-from .positions import sincos_position_table
+from .positions import LAYOUT_FREQUENCIES, sincos_position_table
 from .presets import PRESETS
 from .rin import RINBlock
 
 FUSION_MODES = ("deep", "shallow", "none")
-# Options of earlier versions that left the class after probes showed no effect (docs/probes.md, probe 6). A config
-# that sets one describes weights this class cannot compute, so loading it fails instead of dropping them.
-REMOVED_OPTIONS = (
-    "pooled_text_embedding", "input_modulation", "text_layout", "input_gate_sigma", "text_layout_sigma",
-    "output_conv_channels", "input_conv_channels", "token_text_attention",
-)  # fmt: skip
 
 
 @dataclass
@@ -54,6 +48,10 @@ class HPDMTransformerOutput(BaseOutput):
 
 class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
     r"""Hierarchical Patch Diffusion transformer (RIN backbone).
+
+    Options marked *(extension)* are not in the paper: they were added for the CPU-trained demo model, which uses
+    them. Each is off by default and starts with weights that leave the model computing what it would without it;
+    docs/api.md gives the reason for each and docs/direction.md the measurements behind it.
 
     Args:
         in_channels: pixel channels (3).
@@ -82,6 +80,20 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
             as a 3D sine-cosine code.
         output_modulation: modulate the output head's normalisation by the noise level (DiT's adaLN-zero final
             layer). ``False``: RIN's plain readout.
+        pooled_text_embedding: *(extension)* add a projection of the masked mean of the text embeddings to the
+            noise-level embedding (Imagen-style pooled conditioning).
+        input_modulation: *(extension)* scale the noisy pixels entering the tokenizer by a noise-dependent gain
+            ``1 + Linear(SiLU(t_emb))``.
+        text_layout: *(extension)* add to every token the product of a projection of Fourier features of its global
+            coordinates and a projection of the pooled prompt.
+        input_gate_sigma: *(extension)* scale the tokenizer's noisy pixels by ``s_g / sqrt(s_g^2 + sigma^2)``
+            (``s_g`` = this value), or ``None``.
+        text_layout_sigma: *(extension)* with ``text_layout``, scale the layout code by
+            ``sigma / sqrt(s_l^2 + sigma^2)`` (``s_l`` = this value), or ``None``.
+        output_conv_channels: *(extension)* add to ``F`` a 3x3 spatial convolution of this many readout features
+            per pixel, so that a pixel reads the tokens across its token border (as U-ViT does), or ``None``.
+        input_conv_channels: *(extension)* add to each token a projection of a 3x3 spatial convolution of the noisy
+            pixels (the input-side twin of ``output_conv_channels``), or ``None``.
         activation_fn: the MLPs' activation (a diffusers ``FeedForward`` name). The presets use ``"gelu"`` (erf),
             ~3x faster than the default ``"gelu-approximate"`` (tanh) on CPU; the default keeps older checkpoints
             (saved before this option existed) computing what they were trained with.
@@ -91,7 +103,15 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
     _no_split_modules = ["RINBlock"]
     _repeated_blocks = ["RINBlock"]
     # Output layers that start at zero: LAMB must not scale their updates by their (zero) norm (`lamb_param_groups`).
-    _zero_init_parameters = ["proj_out.weight", "out_modulation.weight"]
+    _zero_init_parameters = [
+        "proj_out.weight",
+        "out_modulation.weight",
+        "pooled_text_proj.weight",
+        "in_modulation.weight",
+        "layout_text.weight",
+        "conv_out.weight",
+        "tokenizer_conv.weight",
+    ]
     # Embedding tables: no trust ratio or decay (a table's norm says nothing about how far one row should move).
     _embedding_parameters = ["token_positions", "latents", "null_text"]
 
@@ -121,6 +141,13 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
         token_position_embedding: bool = True,
         output_modulation: bool = False,
         activation_fn: str = "gelu-approximate",
+        pooled_text_embedding: bool = False,
+        input_modulation: bool = False,
+        text_layout: bool = False,
+        input_gate_sigma: float | None = None,
+        text_layout_sigma: float | None = None,
+        output_conv_channels: int | None = None,
+        input_conv_channels: int | None = None,
     ):
         super().__init__()
         level_sizes(patch_size, num_levels, level_growth)  # validates sizes and growth
@@ -134,6 +161,16 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
         voxels = in_channels * math.prod(tokenizer_patch)
         pixel_in = voxels * (2 if context_fusion == "shallow" else 1)
         self.tokenizer = nn.Linear(pixel_in + 3, token_dim)
+        self.in_modulation = nn.Linear(latent_dim, voxels) if input_modulation else None
+        if input_conv_channels is not None and not input_conv_channels >= 1:
+            raise ValueError(f"`input_conv_channels` must be a positive integer or None, got {input_conv_channels}.")
+        if input_conv_channels:
+            self.conv_in = nn.Conv3d(
+                in_channels, input_conv_channels, (1, 3, 3), padding=(0, 1, 1), padding_mode="replicate"
+            )
+            self.tokenizer_conv = nn.Linear(input_conv_channels * math.prod(tokenizer_patch), token_dim)
+        else:
+            self.conv_in = self.tokenizer_conv = None
         num_tokens = math.prod(self.token_grid)
         self.token_positions = (
             nn.Parameter(torch.randn(1, num_tokens, token_dim) * 0.02) if token_position_embedding else None
@@ -147,6 +184,20 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
             self.null_text = nn.Parameter(torch.randn(1, latent_dim) * 0.02)
         else:
             self.text_proj = None
+        if pooled_text_embedding and not text_embed_dim:
+            raise ValueError("`pooled_text_embedding=True` needs text conditioning: set `text_embed_dim`.")
+        self.pooled_text_proj = nn.Linear(text_embed_dim, latent_dim) if pooled_text_embedding else None
+        if input_gate_sigma is not None and not input_gate_sigma > 0:
+            raise ValueError(f"`input_gate_sigma` must be a positive sigma or None, got {input_gate_sigma}.")
+        if text_layout and not text_embed_dim:
+            raise ValueError("`text_layout=True` needs text conditioning: set `text_embed_dim`.")
+        if text_layout_sigma is not None and not (text_layout and text_layout_sigma > 0):
+            raise ValueError(
+                f"`text_layout_sigma` must be a positive sigma and needs `text_layout=True`, got {text_layout_sigma} "
+                f"with text_layout={text_layout}."
+            )
+        self.layout_position = nn.Linear(6 * LAYOUT_FREQUENCIES, token_dim) if text_layout else None
+        self.layout_text = nn.Linear(text_embed_dim, token_dim) if text_layout else None
         self.blocks = nn.ModuleList(
             [
                 RINBlock(token_dim, latent_dim, num_heads, num_compute_layers, mlp_ratio, qk_norm, activation_fn)
@@ -161,6 +212,15 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
         self.norm_out = nn.LayerNorm(token_dim, elementwise_affine=not output_modulation)
         self.out_modulation = nn.Linear(latent_dim, 2 * token_dim) if output_modulation else None
         self.proj_out = nn.Linear(token_dim, voxels)
+        if output_conv_channels is not None and not output_conv_channels >= 1:
+            raise ValueError(f"`output_conv_channels` must be a positive integer or None, got {output_conv_channels}.")
+        if output_conv_channels:
+            self.proj_hidden = nn.Linear(token_dim, output_conv_channels * math.prod(tokenizer_patch))
+            self.conv_out = nn.Conv3d(
+                output_conv_channels, in_channels, (1, 3, 3), padding=(0, 1, 1), padding_mode="replicate"
+            )
+        else:
+            self.proj_hidden = self.conv_out = None
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -203,23 +263,24 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
         if self.out_modulation is not None:  # scale 1, shift 0 at init
             nn.init.zeros_(self.out_modulation.weight)
             nn.init.zeros_(self.out_modulation.bias)
+        if self.in_modulation is not None:  # gain 1 at init
+            nn.init.zeros_(self.in_modulation.weight)
+            nn.init.zeros_(self.in_modulation.bias)
+        if self.tokenizer_conv is not None:  # tokens are the linear tokenizer's alone at init
+            nn.init.zeros_(self.tokenizer_conv.weight)
+            nn.init.zeros_(self.tokenizer_conv.bias)
+        if self.conv_out is not None:  # F is the linear readout alone at init
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
+        if self.layout_text is not None:  # no layout code at init
+            nn.init.zeros_(self.layout_text.weight)
+            nn.init.zeros_(self.layout_text.bias)
+        if self.pooled_text_proj is not None:  # no pooled contribution at init
+            nn.init.zeros_(self.pooled_text_proj.weight)
+            nn.init.zeros_(self.pooled_text_proj.bias)
         if self.fusion is not None:
             for f in self.fusion:
                 f.reset_to_passthrough()
-
-    @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        """diffusers' config parsing: a config that uses a removed option (``REMOVED_OPTIONS``) raises, one that has it
-        off loads as if it did not name it."""
-        used = sorted(k for k in REMOVED_OPTIONS if config_dict.get(k) not in (None, False))
-        if used:
-            raise ValueError(
-                f"This checkpoint uses {used}, removed from HPDMTransformer (docs/probes.md, probe 6): its weights "
-                "for them cannot be computed by this version. Retrain without them, or load it with the "
-                "diffusers_hpdm release that wrote it."
-            )
-        config_dict = {k: v for k, v in config_dict.items() if k not in REMOVED_OPTIONS}  # off: nothing to drop
-        return super().extract_init_dict(config_dict, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> HPDMTransformer:
@@ -354,10 +415,12 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
         ctx_pixels = None
         if self.config.context_fusion == "shallow":
             ctx_pixels = self._shallow_context_joint(x, boxes).flatten(0, 1)
+        ehs, ehs_mask, drop = rep(ehs), rep(ehs_mask), rep(drop)
         t_emb, cond, bias = self._conditioning(
-            timestep.reshape(-1), flat_boxes, rep(ehs), rep(ehs_mask), rep(class_labels), rep(drop), dtype
+            timestep.reshape(-1), flat_boxes, ehs, ehs_mask, rep(class_labels), drop, dtype
         )
-        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels)
+        layout = self._text_layout(flat_boxes, ehs, ehs_mask, drop, dtype)
+        tokens = self._tokenize(x.flatten(0, 1), coords, ctx_pixels, t_emb, timestep.reshape(-1), layout)
         tokens = tokens.unflatten(0, (B, L))  # (B, L, T, Dt)
         z = (self.latents[:L].unsqueeze(0) + t_emb.unflatten(0, (B, L))[:, :, None]).to(dtype)  # (B, L, M, Dl)
         cond, bias = cond.unflatten(0, (B, L)), None if bias is None else bias.unflatten(0, (B, L))
@@ -415,7 +478,8 @@ class HPDMTransformer(PatchIOMixin, ConditioningMixin, ModelMixin, ConfigMixin, 
             src = parent.pixels[idx].to(x.device, dtype)  # (N, C, f, h, w)
             ctx_pixels = self._sample_pixels(src, relative_box(boxes, parent.boxes[idx].to(x.device)))
         t_emb, cond, bias = self._conditioning(timestep, boxes, ehs, ehs_mask, class_labels, drop, dtype)
-        tokens = self._tokenize(x, coords, ctx_pixels)
+        layout = self._text_layout(boxes, ehs, ehs_mask, drop, dtype)
+        tokens = self._tokenize(x, coords, ctx_pixels, t_emb, timestep, layout)
         z = (self.latents[level].unsqueeze(0) + t_emb[:, None]).to(dtype)
         features: list[torch.Tensor | None] = [None] * self.config.num_blocks
         for b in range(self.config.num_blocks):

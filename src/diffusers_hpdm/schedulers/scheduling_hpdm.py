@@ -23,12 +23,6 @@ SAMPLERS = ("heun", "euler")
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
 # Config keys that define the denoiser and the grid, shared by name with diffusers' EDM schedulers (`compatibles`).
 DENOISER_KEYS = ("sigma_min", "sigma_max", "sigma_data", "rho", "prediction_type", "num_train_timesteps")
-# Training-noise options of earlier versions, not in the paper, removed after they showed no effect (docs/probes.md,
-# probe 6; docs/direction.md). Saved configs that name them still load: `extract_init_dict` drops them.
-REMOVED_OPTIONS = (
-    "high_noise_fraction", "high_noise_p_mean", "high_noise_p_std",
-    "clean_context_fraction", "clean_context_p_mean", "clean_context_p_std",
-)  # fmt: skip
 
 
 @dataclass
@@ -68,6 +62,17 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
         rho (`float`, defaults to 7.0): Exponent of the Karras sigma grid.
         p_mean (`float`, defaults to -1.2): Mean of `ln(sigma)` at level 0 during training.
         p_std (`float`, defaults to 1.2): Standard deviation of `ln(sigma)` during training.
+        high_noise_fraction (`float`, defaults to 0.0): Fraction of training rows whose level-0 `ln(sigma)` is drawn
+            from a second log-normal, `N(high_noise_p_mean, high_noise_p_std)`, instead (not in the paper; see
+            `sample_training_sigmas`). 0 keeps the single log-normal.
+        high_noise_p_mean (`float`, defaults to 3.0): Mean of `ln(sigma)` of that component (sigma ~ 20).
+        high_noise_p_std (`float`, defaults to 0.1): Its standard deviation.
+        clean_context_fraction (`float`, defaults to 0.0): Fraction of training rows whose coarser levels are drawn
+            almost clean, as the pipeline's context pass sees them (not in the paper; see `sample_training_sigmas`).
+            0 keeps every level's draw independent.
+        clean_context_p_mean (`float`, defaults to -2.3): Mean of `ln(sigma)` of those levels at level 0 (sigma ~
+            0.1, the pipeline's default `context_sigma`), shifted per level like every draw.
+        clean_context_p_std (`float`, defaults to 0.5): Its standard deviation.
         level_growth (`tuple[int, int, int]`, defaults to `(2, 2, 2)`): Per-axis (F, H, W) growth between levels.
         level_noise_shift (`float`, *optional*): Sigma multiplier per level; `None` means `sqrt(prod(level_growth))`.
         level_steps (`list[int]`, *optional*): Explicit step count per level, overriding `N // 2**level`.
@@ -96,6 +101,12 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
         rho: float = 7.0,
         p_mean: float = -1.2,
         p_std: float = 1.2,
+        high_noise_fraction: float = 0.0,
+        high_noise_p_mean: float = 3.0,
+        high_noise_p_std: float = 0.1,
+        clean_context_fraction: float = 0.0,
+        clean_context_p_mean: float = -2.3,
+        clean_context_p_std: float = 0.5,
         level_growth: tuple[int, ...] | list[int] = (2, 2, 2),
         level_noise_shift: float | None = None,
         level_steps: list[int] | None = None,
@@ -112,6 +123,16 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
             raise ValueError(f"Need 0 < sigma_min < sigma_max, got {sigma_min=} and {sigma_max=}; swap or fix them.")
         if sigma_data <= 0 or p_std <= 0 or rho <= 0:
             raise ValueError(f"sigma_data, p_std and rho must be positive, got {sigma_data=}, {p_std=}, {rho=}.")
+        if not 0 <= high_noise_fraction <= 1 or high_noise_p_std <= 0:
+            raise ValueError(
+                f"Need 0 <= high_noise_fraction <= 1 and high_noise_p_std > 0, got {high_noise_fraction=} and "
+                f"{high_noise_p_std=}."
+            )
+        if not 0 <= clean_context_fraction <= 1 or clean_context_p_std <= 0:
+            raise ValueError(
+                f"Need 0 <= clean_context_fraction <= 1 and clean_context_p_std > 0, got {clean_context_fraction=} "
+                f"and {clean_context_p_std=}."
+            )
         if len(level_growth) != 3 or any(int(g) < 1 for g in level_growth):
             raise ValueError(f"level_growth must be three per-axis factors >= 1 (F, H, W), got {level_growth}.")
         if level_noise_shift is not None and level_noise_shift <= 0:
@@ -145,13 +166,6 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
         self.set_timesteps(num_train_timesteps, level=0)
 
     @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        """diffusers' config parsing, without the removed training-noise options (`REMOVED_OPTIONS`)."""
-        # They only shaped the training sigmas, so sampling with a config that set them is unchanged either way.
-        config_dict = {k: v for k, v in config_dict.items() if k not in REMOVED_OPTIONS}
-        return super().extract_init_dict(config_dict, **kwargs)
-
-    @classmethod
     def _get_compatibles(cls) -> list[type]:
         # SchedulerMixin looks every name up in the diffusers namespace, where this class is not: add it first.
         return [cls] + [c for c in super()._get_compatibles() if c is not cls]
@@ -174,7 +188,10 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
     ) -> torch.Tensor:
         """
         Draw training sigmas of shape `(batch_size, num_levels)` with `ln(sigma_l) ~ N(p_mean + l*ln(shift), p_std)`,
-        independently per level (paper §4.5; `training_sigmas.draw_training_sigmas`).
+        or, for a `high_noise_fraction` of the rows, `N(high_noise_p_mean + l*ln(shift), high_noise_p_std)` at every
+        level, and, for a `clean_context_fraction` of the rows, `N(clean_context_p_mean + l*ln(shift),
+        clean_context_p_std)` at the levels below a cut level drawn uniformly from `1 .. num_levels - 1`
+        (`training_sigmas.draw_training_sigmas`, which says why).
 
         Args:
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row.
@@ -185,6 +202,8 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
             num_levels,
             math.log(self.noise_shift),
             (c.p_mean, c.p_std),
+            (c.high_noise_fraction, c.high_noise_p_mean, c.high_noise_p_std),
+            (c.clean_context_fraction, c.clean_context_p_mean, c.clean_context_p_std),
             generator=generator,
             device=device,
             dtype=dtype,

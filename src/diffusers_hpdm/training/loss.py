@@ -66,6 +66,7 @@ def hpdm_loss(
     cond_drop_prob: float = 0.1,
     patch_size: tuple[int, int, int] | None = None,
     level_growth: tuple[int, int, int] | None = None,
+    keep_condition_above_sigma: float | None = None,
 ) -> HPDMLossOutput:
     r"""Paper eq. 4 for a batch of videos.
 
@@ -81,6 +82,8 @@ def hpdm_loss(
             loss of the whole batch). Draws happen on the CPU.
         num_levels: pyramid levels to train (default: the model's).
         cond_drop_prob: probability of replacing a sample's conditioning by the learned null one (CFG training).
+        keep_condition_above_sigma: samples whose level-0 sigma is above this keep their conditioning (the dropout
+            is still drawn, so the random stream does not change). ``None``: dropout at every sigma.
 
     Returns:
         [`HPDMLossOutput`].
@@ -100,6 +103,8 @@ def hpdm_loss(
     sigmas = scheduler.sample_training_sigmas(B, num_levels, generator=generator, device="cpu")  # (B, L)
     noise = randn_tensor(tuple(x0.shape), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
     drop = torch.cat([torch.rand(1, generator=g) for g in gens]) < cond_drop_prob  # (B,)
+    if keep_condition_above_sigma is not None:
+        drop &= sigmas[:, 0] <= keep_condition_above_sigma
     sigmas, noise, drop = sigmas.to(device), noise.to(device, dtype), drop.to(device)
 
     # 3. EDM preconditioning, one joint forward over all levels
