@@ -38,12 +38,17 @@ from diffusers_hpdm.geometry import area_downsample  # noqa: E402
 ATTRIBUTES = ("colour", "shape", "direction")
 
 
+def swap_word(prompt: str, values) -> str:
+    """The prompt with its word from ``values`` (e.g. ``SHAPES``) replaced by the next one."""
+    words = prompt.split()
+    i = next(k for k, w in enumerate(words) if w in values)
+    words[i] = values[(values.index(words[i]) + 1) % len(values)]
+    return " ".join(words)
+
+
 def swap_shape(prompt: str) -> str:
     """The prompt with its shape word replaced by the next one in ``SHAPES``."""
-    words = prompt.split()
-    i = next(k for k, w in enumerate(words) if w in SHAPES)
-    words[i] = SHAPES[(SHAPES.index(words[i]) + 1) % len(SHAPES)]
-    return " ".join(words)
+    return swap_word(prompt, tuple(SHAPES))
 
 
 def real_level0(prompts: list[str], size: tuple[int, int, int], seed: int) -> torch.Tensor:

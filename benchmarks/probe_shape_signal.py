@@ -28,27 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from common import save, setup_threads, table  # noqa: E402
+from probe_level0_sdedit import real_level0, swap_word  # noqa: E402
 
 from diffusers_hpdm import HierarchicalPatchPipeline  # noqa: E402
 from diffusers_hpdm.data.synthetic import COLOURS, SHAPES  # noqa: E402
-from diffusers_hpdm.evaluation.run import evaluation_prompts, real_clips  # noqa: E402
-from diffusers_hpdm.geometry import area_downsample, sample_nested_boxes  # noqa: E402
+from diffusers_hpdm.evaluation.run import evaluation_prompts  # noqa: E402
+from diffusers_hpdm.geometry import sample_nested_boxes  # noqa: E402
 
 SWAPS = {"shape": tuple(SHAPES), "colour": tuple(COLOURS)}
-
-
-def swap_word(prompt: str, values: tuple[str, ...]) -> str:
-    """The prompt with its word from ``values`` replaced by the next one."""
-    words = prompt.split()
-    i = next(k for k, w in enumerate(words) if w in values)
-    words[i] = values[(values.index(words[i]) + 1) % len(values)]
-    return " ".join(words)
-
-
-def clips(prompts: list[str], size: tuple[int, int, int], seed: int) -> torch.Tensor:
-    """Every prompt's clip (clip ``i`` from seed ``seed + i``) area-downsampled to ``size``: ``(N, 3, f, h, w)``."""
-    real = torch.from_numpy(real_clips(prompts, (16, 64, 64), seed)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-    return area_downsample(real, size)
 
 
 def hpdm_denoiser(folder: str):
@@ -101,11 +88,11 @@ def unet_denoiser(folder: str):
 @torch.no_grad()
 def word_signal(size, denoise, prompts: list[str], sigmas: list[float], args) -> dict:
     """Per swapped attribute and sigma: ``ratio`` and ``toward`` (module docstring), pooled over the prompts."""
-    real = clips(prompts, size, args.clip_seed)  # (N, 3, f, h, w)
+    real = real_level0(prompts, size, args.clip_seed)  # (N, 3, f, h, w)
     result = {}
     for attribute, values in SWAPS.items():
         swapped = [swap_word(p, values) for p in prompts]
-        delta = clips(swapped, size, args.clip_seed) - real  # the swapped clip minus the real one
+        delta = real_level0(swapped, size, args.clip_seed) - real  # the swapped clip minus the real one
         region = (delta.abs().amax(1, keepdim=True) > 1 / 127.5).expand_as(real)  # where the two clips differ
         for sigma in sigmas:
             g = torch.Generator().manual_seed(args.noise_seed)
