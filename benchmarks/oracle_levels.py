@@ -67,7 +67,7 @@ def main() -> int:
             ref = report["real_clips"]
             rows.append({"real levels": "real clips", **ref["accuracy"], "seam_score": ref["seam_score"],
                          "profile_0": ref["border_energy_profile"][0],
-                         "profile_8": ref["border_energy_profile"][ph // 2]})  # fmt: skip
+                         "profile_8": ref["border_energy_profile"][ph // 2], "grain": 1.0})  # fmt: skip
         acc = report["accuracy"]
         rows.append(
             {
@@ -82,6 +82,7 @@ def main() -> int:
                 "profile_0": report["border_energy_profile"][0],
                 "profile_8": report["border_energy_profile"][ph // 2],
                 "level_psnr": " / ".join(f"{x:.1f}" for x in report["level_psnr"]),
+                "grain": report["grain"],  # the final level's high-frequency energy / the real clips'
             }
         )
         print(table(rows, list(rows[-1])), flush=True)

@@ -551,8 +551,8 @@ def test_low_resolution_base_then_pyramid(train_script, micro_data, tmp_path):
 
 def test_demo_recipe_arguments_build_what_they_say(train_script, tmp_path):
     """``examples/train_demo.py``'s stage arguments parse with the training script; the base's model has the layout
-    code, both gates and both convolutions, its scheduler the high-noise share, and the fine-tune inherits that share
-    from the base."""
+    code, both gates and both convolutions, its scheduler the high-noise share, and both fine-tunes inherit that share
+    from the base; the third stage builds a shallow 3-level pyramid."""
     spec = importlib.util.spec_from_file_location("train_demo", ROOT / "examples" / "train_demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
@@ -573,6 +573,14 @@ def test_demo_recipe_arguments_build_what_they_say(train_script, tmp_path):
     )
     assert tune_args.keep_condition_above_sigma == 10
     assert components.build_scheduler(tune_args, model).config.high_noise_fraction == 0.5
+    # Stage 3: the deep pyramid's level 0, expanded into a shallow 3-level pyramid, with the same noise share.
+    model.save_pretrained(tmp_path / "base" / "transformer")
+    shallow_args = train_script.parse_args(
+        [*demo.SHALLOW_FINETUNE_ARGS, "--train_data_dir", str(tmp_path), "--pretrained_base", str(tmp_path / "base")]
+    )
+    pyramid = components.build_transformer(shallow_args, None, None)
+    assert pyramid.config.num_levels == 3 and pyramid.config.context_fusion == "shallow"
+    assert components.build_scheduler(shallow_args, pyramid).config.high_noise_fraction == 0.5
 
 
 def test_fine_tune_scheduler_takes_explicit_noise_options(train_script, tmp_path):

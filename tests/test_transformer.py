@@ -241,6 +241,22 @@ def test_expanded_base_reproduces_level0():
         assert torch.equal(f.proj.weight[:, :d], torch.eye(d)) and not f.proj.weight[:, d:].any()
 
 
+def test_level0_of_a_pyramid_is_a_base_that_computes_it():
+    """``from_base(pyramid, 1)`` (``examples/extract_level0.py``, ``make train-demo``'s third stage) keeps the shared
+    weights and level 0's latents; its fusion projections restart as pass-through, and level 0 never runs them: the
+    level-0 forward is the same sequence of kernels on the same inputs, so bit-identical."""
+    pyramid = make(text_embed_dim=16)
+    base = HPDMTransformer.from_base(pyramid, 1).eval()
+    assert base.config.num_levels == 1
+    assert torch.equal(base.latents[0], pyramid.latents[0])
+    g = torch.Generator().manual_seed(0)
+    boxes = G.sample_nested_boxes(2, TINY["patch_size"], 3, generator=g)[:, 0]
+    x, t = torch.randn(2, 3, *TINY["patch_size"], generator=g), torch.randn(2, generator=g)
+    cond = cond_kwargs(pyramid, 2, g)
+    with torch.no_grad():
+        assert torch.equal(base(x, t, boxes, level=0, **cond).sample, pyramid(x, t, boxes, level=0, **cond).sample)
+
+
 @pytest.mark.parametrize("base_fusion, fusion", [("deep", "shallow"), ("shallow", "deep"), ("none", "shallow")])
 def test_expanded_base_changes_fusion_and_keeps_level0(base_fusion, fusion):
     """``from_base(..., context_fusion=...)``: a shallow pyramid from a deep base gets zero context-pixel columns in

@@ -1,8 +1,9 @@
 """Save level 0 of a trained pyramid as a 1-level base that `examples/train_t2v.py --pretrained_base` can expand
-(docs/probes.md, probe 11): every shared weight and level 0's latents, no fusion projections, the same text encoder,
-tokenizer and scheduler. Checks on held-out noise that the base computes what the pyramid's level 0 computes.
+(`make train-demo`'s third stage; docs/probes.md, probe 11): every shared weight and level 0's latents (the fusion
+projections, which level 0 never runs, restart as pass-through), the same text encoder, tokenizer and scheduler.
+Checks on random inputs that the base computes what the pyramid's level 0 computes.
 
-    python benchmarks/extract_level0.py --model models/hpdm-shapes-demo --out outputs/bundled-level0
+    python examples/extract_level0.py --model models/hpdm-shapes-demo --out outputs/bundled-level0
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def main() -> None:
 
     pipe = HierarchicalPatchPipeline.from_pretrained(args.model)
     pyramid = pipe.transformer.eval()
-    base = HPDMTransformer.from_base(pyramid, 1).eval()  # level 0's latents, fusion dropped
+    base = HPDMTransformer.from_base(pyramid, 1).eval()  # level 0's latents and every shared weight
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, pyramid.config.in_channels, *pyramid.config.patch_size, generator=g)  # (N, C, f, h, w)
