@@ -59,8 +59,19 @@ VARIANTS = {
     # the same, but the base's tokenizer gets random (Xavier) context-pixel columns, as a shallow 1-level base has
     # them (level 0's zero context never trains them): from_base's zero columns against what probe 5's base had
     "shallow-finetune-randctx": ({"context_fusion": "shallow"}, []),
+    # the same plain base, fine-tuned under the bundled recipe's training noise (examples/train_demo.py's base
+    # scheduler: ln sigma ~ N(-0.4, 1.4), half of every batch at sigma ~ 20, conditioning kept above sigma 10),
+    # which the bundled model's finer levels train under (probe 13)
+    "shallow-finetune-recipenoise": (
+        {"context_fusion": "shallow"},
+        ["--p_mean", "-0.4", "--p_std", "1.4", "--high_noise_fraction", "0.5", "--keep_condition_above_sigma", "10"],
+    ),
 }
-FROM_BASE = {"shallow-finetune": "paper", "shallow-finetune-randctx": "paper"}  # the probe_level0 base they tune
+FROM_BASE = {  # the probe_level0 base they tune
+    "shallow-finetune": "paper",
+    "shallow-finetune-randctx": "paper",
+    "shallow-finetune-recipenoise": "paper",
+}
 ATTRIBUTES = ("colour", "shape", "direction")
 LEVEL_SIZES = [(4, 16, 16), (8, 32, 32)]  # tiny-t2v's patch, 2 levels
 

@@ -215,6 +215,24 @@ def test_shallow_fusion_reads_the_previous_level_only():
     assert x.grad[:, 0].abs().max() == 0.0
 
 
+def test_shallow_context_pass_records_the_input_pixels_and_runs_no_block():
+    """What a shallow level leaves for the finer ones is its tiles' input pixels; the context pass runs no RIN block
+    (a deep context pass records each block's projected activations and must run them)."""
+    calls = []
+    for fusion, blocks_run in (("shallow", False), ("deep", True)):
+        model = make(context_fusion=fusion)
+        hooks = [b.register_forward_hook(lambda *_: calls.append(1)) for b in model.blocks]
+        x = torch.randn(1, 3, *TINY["patch_size"], generator=torch.Generator().manual_seed(0))
+        boxes = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]])
+        calls.clear()
+        ctx = model.compute_context(x, torch.zeros(1), boxes, level=0)
+        assert bool(calls) == blocks_run
+        if fusion == "shallow":
+            assert torch.equal(ctx.pixels, x) and all(f is None for f in ctx.features)
+        for h in hooks:
+            h.remove()
+
+
 def test_expanded_base_reproduces_level0():
     torch.manual_seed(0)
     base = randomize_(HPDMTransformer(**{**TINY, "num_levels": 1, "levels_per_block": None, "text_embed_dim": 16}))

@@ -103,6 +103,8 @@ class PyramidForwardMixin:
                 context_indices = context_chain(
                     [c.boxes for c in context] + [boxes.to(context[0].boxes.device)], level
                 )
+        if record and fusion == "shallow":  # what finer levels read is this level's input pixels: no block runs
+            return None, LevelContext(level, boxes.detach(), [None] * self.config.num_blocks, x)
         dtype = x.dtype
         coords = self._coords(boxes, dtype)
         ctx_pixels = None
@@ -129,6 +131,5 @@ class PyramidForwardMixin:
                     tokens = self.fusion[b](tokens, ctx, coords)
             tokens, z = self._run_block(b, tokens, z, cond, bias)
         if record:
-            pixels = x if fusion == "shallow" else None
-            return None, LevelContext(level, boxes.detach(), features, pixels)
+            return None, LevelContext(level, boxes.detach(), features)
         return self._detokenize(tokens, t_emb), None

@@ -386,7 +386,8 @@ class HPDMTransformer(
     ) -> LevelContext:
         """The context a finished level leaves for finer ones: one pass over its tiles (same inputs as the level
         forward) that records, per block, the projected input activations the finer levels will read. Blocks that
-        no finer level runs are skipped, and the output head is not evaluated."""
+        no finer level runs are skipped, and the output head is not evaluated. Under shallow fusion the record is
+        the tiles' input pixels alone, and no block runs."""
         _, ctx = self._forward_level(
             hidden_states, timestep, boxes, encoder_hidden_states, encoder_attention_mask, class_labels,
             drop_conditioning, level, context, context_indices, record=True,
