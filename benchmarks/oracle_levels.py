@@ -37,6 +37,7 @@ def main() -> int:
     p.add_argument("--oracle-levels", type=int, nargs="+", default=[0, 1, 2], help="K values: real levels 0..K-1")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="as `hpdm evaluate --guidance`")
     p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--level-steps", type=int, nargs="+", default=None, help="steps per level (default: halving)")
     p.add_argument("--blending", choices=("uniform", "smooth"), default="uniform")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks")
@@ -60,7 +61,7 @@ def main() -> int:
         video = area_downsample(real, sizes[k - 1]) if k else None  # real levels 0..k-1: level k-1 given
         report = evaluate_pipeline(
             pipe, num_videos=len(prompts), num_inference_steps=args.steps, guidance_scale=guidance, seed=args.seed,
-            prompts=prompts, blending=args.blending, video=video,
+            prompts=prompts, blending=args.blending, video=video, level_steps=args.level_steps,
         )["summary"]  # fmt: skip
         reports[k] = report
         if not rows:
@@ -87,7 +88,7 @@ def main() -> int:
         )
         print(table(rows, list(rows[-1])), flush=True)
     payload = dict(model=args.model, num_videos=len(prompts), guidance=guidance, seed=args.seed,
-                   blending=args.blending, rows=rows, reports={str(k): r for k, r in reports.items()})  # fmt: skip
+                   blending=args.blending, level_steps=args.level_steps, rows=rows, reports={str(k): r for k, r in reports.items()})  # fmt: skip
     if args.out:
         path = Path(args.out)
         path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))

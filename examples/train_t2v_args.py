@@ -89,13 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--high_noise_p_mean", type=float, default=None, help="Mean of ln(sigma) there (default 3).")
     g.add_argument("--high_noise_p_std", type=float, default=None, help="Std of ln(sigma) there (default 0.1).")
     g.add_argument(
-        "--high_noise_levels",
-        type=int,
-        default=None,
-        help="Draw the high-noise share at the coarsest N levels only; the finer levels keep N(p_mean, p_std) "
-        "(default: every level).",
-    )
-    g.add_argument(
         "--clean_context_fraction",
         type=float,
         default=None,

@@ -147,7 +147,7 @@ def build_scheduler(args, transformer: HPDMTransformer) -> HPDMScheduler:
     """The base's scheduler when fine-tuning (its sampler settings and noise shift carry over), else a new one;
     ``--p_mean``/``--p_std``/``--high_noise_*``/``--clean_context_*`` given explicitly replace the training sigma
     distribution in either case."""
-    keys = ("p_mean", "p_std", "high_noise_fraction", "high_noise_p_mean", "high_noise_p_std", "high_noise_levels")
+    keys = ("p_mean", "p_std", "high_noise_fraction", "high_noise_p_mean", "high_noise_p_std")
     keys += ("clean_context_fraction", "clean_context_p_mean", "clean_context_p_std")
     given = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if args.pretrained_base and (Path(args.pretrained_base) / "scheduler").is_dir():

@@ -442,32 +442,6 @@ def test_training_sigmas_high_noise_mixture():
     assert_same_draws(rows[2:], alone)
 
 
-def test_training_sigmas_high_noise_at_the_coarsest_levels_only():
-    """``high_noise_levels=k``: the share's rows take the high component at levels ``< k`` and the main one at the
-    others, from the same random numbers as the share at every level."""
-    n, L, k = 20_000, 3, 1
-    kw = dict(p_mean=-2.0, p_std=0.5, high_noise_fraction=0.25)
-    every = HPDMScheduler(**kw).sample_training_sigmas(n, L, generator=torch.Generator().manual_seed(7))
-    some = HPDMScheduler(**kw, high_noise_levels=k).sample_training_sigmas(
-        n, L, generator=torch.Generator().manual_seed(7)
-    )
-    shift = math.log(HPDMScheduler().noise_shift) * torch.arange(L)
-    high = (every.double().log() - shift)[:, 0] > 1.0  # the share's rows (components 6 std apart)
-    assert torch.equal(some[:, :k], every[:, :k])  # the coarsest levels as before
-    assert torch.equal(some[~high], every[~high])  # the other rows as before
-    # the share's finer levels: z is the same draw, so ln(sigma) moves from the high component to the main one
-    z = (every[high, k:].double().log() - shift[k:] - 3.0) / 0.1
-    # float32 sigmas: ln(sigma) to ~1e-6 (|ln sigma| < 8), carried 5x into the main component by 0.5 / 0.1
-    torch.testing.assert_close(some[high, k:].double().log(), -2.0 + shift[k:] + 0.5 * z, rtol=0, atol=2e-5)
-    assert (
-        HPDMScheduler(**kw, high_noise_levels=L)
-        .sample_training_sigmas(64, L, generator=torch.Generator().manual_seed(8))
-        .equal(HPDMScheduler(**kw).sample_training_sigmas(64, L, generator=torch.Generator().manual_seed(8)))
-    )
-    with pytest.raises(ValueError, match="high_noise_levels"):
-        HPDMScheduler(high_noise_levels=0)
-
-
 @pytest.mark.parametrize(
     "kwargs", [dict(high_noise_fraction=1.5), dict(high_noise_fraction=-0.1), dict(high_noise_p_std=0)]
 )

@@ -591,18 +591,15 @@ def test_fine_tune_scheduler_takes_explicit_noise_options(train_script, tmp_path
     base.save_pretrained(tmp_path / "base" / "scheduler")
     config_file = tmp_path / "base" / "scheduler" / "scheduler_config.json"
     saved = json.loads(config_file.read_text())
-    saved.pop("clean_context_fraction")  # as written before the options existed
-    saved.pop("high_noise_levels")
+    saved.pop("clean_context_fraction")  # as written before the option existed
     config_file.write_text(json.dumps(saved))
     model = HPDMTransformer.from_preset("tiny", text_embed_dim=16)
     argv = ["--train_data_dir", str(tmp_path), "--pretrained_base", str(tmp_path / "base")]
     inherited = components.build_scheduler(train_script.parse_args(argv), model)
     assert inherited.config.p_mean == -0.4 and inherited.config.clean_context_fraction == 0.0
-    assert inherited.config.high_noise_levels is None
-    argv += ["--clean_context_fraction", "0.5", "--high_noise_fraction", "0.25", "--high_noise_levels", "1"]
+    argv += ["--clean_context_fraction", "0.5", "--high_noise_fraction", "0.25"]
     tuned = components.build_scheduler(train_script.parse_args(argv), model)
     assert tuned.config.clean_context_fraction == 0.5 and tuned.config.high_noise_fraction == 0.25
-    assert tuned.config.high_noise_levels == 1
     assert tuned.config.p_mean == -0.4
     with pytest.raises(ValueError, match="clean_context"):
         components.build_scheduler(train_script.parse_args([*argv, "--clean_context_fraction", "2"]), model)

@@ -67,8 +67,6 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
             `sample_training_sigmas`). 0 keeps the single log-normal.
         high_noise_p_mean (`float`, defaults to 3.0): Mean of `ln(sigma)` of that component (sigma ~ 20).
         high_noise_p_std (`float`, defaults to 0.1): Its standard deviation.
-        high_noise_levels (`int`, *optional*): The share's rows take that log-normal at the levels below this one
-            only; the finer levels keep their own. `None`: at every level.
         clean_context_fraction (`float`, defaults to 0.0): Fraction of training rows whose coarser levels are drawn
             almost clean, as the pipeline's context pass sees them (not in the paper; see `sample_training_sigmas`).
             0 keeps every level's draw independent.
@@ -106,7 +104,6 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
         high_noise_fraction: float = 0.0,
         high_noise_p_mean: float = 3.0,
         high_noise_p_std: float = 0.1,
-        high_noise_levels: int | None = None,
         clean_context_fraction: float = 0.0,
         clean_context_p_mean: float = -2.3,
         clean_context_p_std: float = 0.5,
@@ -131,8 +128,6 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
                 f"Need 0 <= high_noise_fraction <= 1 and high_noise_p_std > 0, got {high_noise_fraction=} and "
                 f"{high_noise_p_std=}."
             )
-        if high_noise_levels is not None and high_noise_levels < 1:
-            raise ValueError(f"high_noise_levels must be >= 1 or None (every level), got {high_noise_levels}.")
         if not 0 <= clean_context_fraction <= 1 or clean_context_p_std <= 0:
             raise ValueError(
                 f"Need 0 <= clean_context_fraction <= 1 and clean_context_p_std > 0, got {clean_context_fraction=} "
@@ -194,7 +189,7 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
         """
         Draw training sigmas of shape `(batch_size, num_levels)` with `ln(sigma_l) ~ N(p_mean + l*ln(shift), p_std)`,
         or, for a `high_noise_fraction` of the rows, `N(high_noise_p_mean + l*ln(shift), high_noise_p_std)` at every
-        level (the levels below `high_noise_levels` if set), and, for a `clean_context_fraction` of the rows, `N(clean_context_p_mean + l*ln(shift),
+        level, and, for a `clean_context_fraction` of the rows, `N(clean_context_p_mean + l*ln(shift),
         clean_context_p_std)` at the levels below a cut level drawn uniformly from `1 .. num_levels - 1`
         (`training_sigmas.draw_training_sigmas`, which says why).
 
@@ -208,7 +203,6 @@ class HPDMScheduler(EDMParametrization, SchedulerMixin, ConfigMixin):
             math.log(self.noise_shift),
             (c.p_mean, c.p_std),
             (c.high_noise_fraction, c.high_noise_p_mean, c.high_noise_p_std),
-            c.high_noise_levels,
             (c.clean_context_fraction, c.clean_context_p_mean, c.clean_context_p_std),
             generator=generator,
             device=device,

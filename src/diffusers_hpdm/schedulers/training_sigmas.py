@@ -5,8 +5,7 @@ not in the paper. Each draws its random numbers only when it is on, so turning o
 seeded run unchanged.
 
 - **High noise**: a share of the rows at `ln(sigma) ~ N(3, 0.1)` (sigma ~ 20), where the loss is the fit of the
-  prompt's conditional mean (the layout) and the single log-normal puts few samples; at every level, or at the
-  coarsest `levels` only (the finer levels of those rows keep their own log-normal).
+  prompt's conditional mean (the layout) and the single log-normal puts few samples.
 - **Clean context**: a share of the rows whose levels below a cut level are drawn almost clean, as the pipeline's
   context pass sees finished levels (re-noised to `context_sigma`); the cut level and the finer ones keep their draw.
   Independent draws rarely give a level clean coarser levels (level 0 below sigma 0.2: 37% of the rows with EDM's
@@ -32,7 +31,6 @@ def draw_training_sigmas(
     log_shift: float,
     log_normal: tuple[float, float],
     high_noise: tuple[float, float, float] = (0.0, 3.0, 0.1),
-    high_noise_levels: int | None = None,
     clean_context: tuple[float, float, float] = (0.0, -2.3, 0.5),
     generator: Generators = None,
     device: str | torch.device | None = None,
@@ -43,7 +41,6 @@ def draw_training_sigmas(
     Args:
         log_normal: ``(p_mean, p_std)`` of every level by default.
         high_noise: ``(fraction, p_mean, p_std)``: that share of the rows takes these for every level.
-        high_noise_levels: take them for the levels ``l < high_noise_levels`` only; ``None``: every level.
         clean_context: ``(fraction, p_mean, p_std)``: that share of the rows gets a cut level ``c`` uniform in
             ``1 .. num_levels - 1`` and takes these for its levels ``l < c`` (nothing with one level).
     """
@@ -51,15 +48,14 @@ def draw_training_sigmas(
         raise ValueError(f"batch_size and num_levels must be >= 1, got {batch_size} and {num_levels}.")
     z = randn_tensor((batch_size, num_levels), generator=generator, device=device, dtype=dtype)
     levels = torch.arange(num_levels, device=z.device, dtype=dtype)
-    mean = torch.full((batch_size, num_levels), float(log_normal[0]), device=z.device, dtype=dtype)
+    mean = torch.full((batch_size, 1), float(log_normal[0]), device=z.device, dtype=dtype)
     std = torch.full_like(mean, float(log_normal[1]))
     fraction, high_mean, high_std = high_noise
     if fraction > 0:
-        high = _uniform((batch_size, 1), generator, device, dtype) < fraction  # (B, 1)
-        if high_noise_levels is not None:
-            high = high & (levels < high_noise_levels)  # (B, L)
+        high = _uniform((batch_size, 1), generator, device, dtype) < fraction
         mean = torch.where(high, float(high_mean), mean)
         std = torch.where(high, float(high_std), std)
+    mean, std = mean.expand(-1, num_levels), std.expand(-1, num_levels)
     fraction, clean_mean, clean_std = clean_context
     if fraction > 0 and num_levels > 1:
         p = _uniform((batch_size, 2), generator, device, dtype)  # clean or not, and the cut level
