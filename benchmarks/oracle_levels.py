@@ -88,7 +88,8 @@ def main() -> int:
         )
         print(table(rows, list(rows[-1])), flush=True)
     payload = dict(model=args.model, num_videos=len(prompts), guidance=guidance, seed=args.seed,
-                   blending=args.blending, level_steps=args.level_steps, rows=rows, reports={str(k): r for k, r in reports.items()})  # fmt: skip
+                   blending=args.blending, level_steps=args.level_steps, rows=rows,
+                   reports={str(k): r for k, r in reports.items()})  # fmt: skip
     if args.out:
         path = Path(args.out)
         path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
