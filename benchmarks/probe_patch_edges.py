@@ -52,8 +52,9 @@ def edge_profile(pipe, prompts: list[str], args) -> dict:
         sig[:, -1] = s  # (N, L)
         noise = torch.randn(x0.shape, generator=g)
         x_noisy = sch.add_noise_at_sigmas(x0, noise, sig)
-        c_skip, c_out, c_in, _ = (sch.broadcast_sigma(c, x_noisy) for c in sch.precondition(sig))
-        pred = tm(c_in * x_noisy, sch.precondition(sig)[3], boxes, encoder_hidden_states=embeds,
+        c_skip, c_out, c_in, c_noise = sch.precondition(sig)
+        c_skip, c_out, c_in = (sch.broadcast_sigma(c, x_noisy) for c in (c_skip, c_out, c_in))
+        pred = tm(c_in * x_noisy, c_noise, boxes, encoder_hidden_states=embeds,
                   encoder_attention_mask=mask).sample  # fmt: skip
         x0_hat = c_skip[:, -1] * x_noisy[:, -1] + c_out[:, -1] * pred[:, -1]  # (N, C, f, h, w)
         err = ((x0_hat - x0[:, -1]) ** 2).mean(dim=(0, 1))  # (f, h, w)
