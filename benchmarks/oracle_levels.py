@@ -38,7 +38,7 @@ def main() -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="as `hpdm evaluate --guidance`")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--level-steps", type=int, nargs="+", default=None, help="steps per level (default: halving)")
-    p.add_argument("--blending", choices=("uniform", "smooth"), default="uniform")
+    p.add_argument("--blending", choices=("smooth", "uniform"), default="smooth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks")
     p.add_argument("--threads", type=int, default=None)

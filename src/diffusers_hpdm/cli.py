@@ -228,7 +228,12 @@ def _add_guidance(parser: argparse.ArgumentParser) -> None:
 
 def _add_tiling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", default="fhw", help="axes with 50%% tile overlap, e.g. 'hw'")
-    parser.add_argument("--blending", default="uniform", choices=["uniform", "smooth"], help="tile weights")
+    parser.add_argument(
+        "--blending",
+        default="smooth",
+        choices=["smooth", "uniform"],
+        help="tile weights (uniform: the paper's average)",
+    )
     parser.add_argument(
         "--shift-tiles",
         action="store_true",

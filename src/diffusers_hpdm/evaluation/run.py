@@ -55,7 +55,7 @@ def evaluate_pipeline(
     seed: int = 0,
     batch_size: int = 8,
     overlap_axes: tuple[str, ...] = AXES,
-    blending: str = "uniform",
+    blending: str = "smooth",
     prompts: list[str] | None = None,
     video: torch.Tensor | None = None,
     **pipe_kwargs,

@@ -175,7 +175,7 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         overlap_axes: tuple[str, ...] | list[str] = AXES,
-        blending: str = "uniform",
+        blending: str = "smooth",
         shift_tiles: bool = False,
         tile_batch_size: int = 16,
         cache_context: bool = True,
@@ -226,7 +226,8 @@ class HierarchicalPatchPipeline(ChecksumMixin, HubLoadingMixin, PromptEncodingMi
                 reproduces the call with ``generator=g`` alone, bit for bit. Not with ``video=`` (no level 0 is
                 sampled there).
             overlap_axes: axes with 50% tile overlap (subset of ``("f", "h", "w")``).
-            blending: ``"uniform"`` (paper) or ``"smooth"`` window weights when fusing tiles.
+            blending: ``"smooth"`` (Hann-window weights; half the seam score at the same accuracy, docs/evaluation.md)
+                or ``"uniform"`` (the paper's average) when fusing tiles.
             shift_tiles: alternate, from one model evaluation to the next, between the tile plan and the plan moved
                 by half a stride on every tiled axis, so that no tile border stays in one place for the whole
                 sampling (SpotDiffusion's shifting windows on top of the overlap). ``False``: the paper's fixed plan.

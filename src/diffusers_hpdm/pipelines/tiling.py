@@ -37,7 +37,7 @@ class TiledCanvas:
         canvas: ``(F, H, W)`` of the level.
         patch_size: window size (the model's patch size).
         overlap_axes: axes with 50% overlap.
-        blending: ``"uniform"`` (average, as the paper) or ``"smooth"`` (Hann-window weights).
+        blending: ``"smooth"`` (Hann-window weights) or ``"uniform"`` (average, as the paper).
         shift: voxels by which the window grid is moved per axis (``geometry.tile_plan``).
     """
 
@@ -46,7 +46,7 @@ class TiledCanvas:
         canvas: Sequence[int],
         patch_size: Sequence[int],
         overlap_axes: Sequence[str] = AXES,
-        blending: str = "uniform",
+        blending: str = "smooth",
         shift: Sequence[int] = (0, 0, 0),
     ):
         if blending not in BLENDINGS:
@@ -63,7 +63,7 @@ class TiledCanvas:
         self.inv_den = 1.0 / den  # every voxel is covered (tile plans snap the last window to the edge)
 
     @classmethod
-    def shifted_pair(cls, canvas, patch_size, overlap_axes=AXES, blending="uniform") -> list[TiledCanvas]:
+    def shifted_pair(cls, canvas, patch_size, overlap_axes=AXES, blending="smooth") -> list[TiledCanvas]:
         """The plan, and the plan moved by half a stride on every axis with more than one window (on a single-window
         canvas, the plan alone). The windows snapped to the canvas edges are in both, so their borders stay."""
         base = cls(canvas, patch_size, overlap_axes, blending)
