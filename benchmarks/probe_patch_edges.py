@@ -1,10 +1,10 @@
 """Probe: is the finest level's denoising error larger at its patch's edges than inside it?
 
-Teacher-forced on the real held-out clips: the nested training boxes of every level, the coarser levels noised to the
-pipeline's context sigma, the finest level at each of a few sigmas; the finest level's x0 error per voxel of its
+Teacher-forced on the real held-out clips: the nested training boxes of every level, each coarser level noised as the
+pipeline re-noises it (``context_sigma * shift**level``), the finest level at each of a few sigmas; the finest level's x0 error per voxel of its
 patch, averaged over clips, channels and the other axes, by distance (in pixels) to the patch's nearest spatial
-border and to its nearest temporal border. Tiled sampling averages every tile's estimate with equal weight
-(uniform blending), so an error that grows at a tile's edge lands on the tile borders as a seam.
+border and to its nearest temporal border. The paper's tiled sampling averages every tile's estimate with equal
+weight (``blending="uniform"``), so an error that grows at a tile's edge lands on the tile borders as a seam.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/probe_patch_edges.py --models models/hpdm-shapes-demo \
         --num-videos 64 --name probe_patch_edges
@@ -48,7 +48,9 @@ def edge_profile(pipe, prompts: list[str], args) -> dict:
     time = border_distance(f)  # (f,)
     out = {}
     for s in args.sigmas:
-        sig = torch.full((len(prompts), cfg.num_levels), args.context_sigma)
+        # The coarser levels at the pipeline's re-noising level, context_sigma * shift**level; the finest at s.
+        sig = args.context_sigma * sch.noise_shift ** torch.arange(cfg.num_levels, dtype=torch.float32)
+        sig = sig.expand(len(prompts), -1).clone()
         sig[:, -1] = s  # (N, L)
         noise = torch.randn(x0.shape, generator=g)
         x_noisy = sch.add_noise_at_sigmas(x0, noise, sig)
@@ -73,7 +75,7 @@ def main() -> int:
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--num-videos", type=int, default=64)
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.5, 2.0])
-    p.add_argument("--context-sigma", type=float, default=0.1, help="the coarser levels' noise (the pipeline's)")
+    p.add_argument("--context-sigma", type=float, default=0.1, help="the pipeline's context_sigma (level-0 units)")
     p.add_argument("--video-size", type=int, nargs=3, default=[16, 64, 64])
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--name", default="probe_patch_edges")
