@@ -28,6 +28,7 @@ from common import machine, save, setup_threads, table  # noqa: E402
 from diffusers_hpdm.cli import _load_pipeline  # noqa: E402
 from diffusers_hpdm.evaluation.run import evaluate_pipeline, evaluation_prompts, real_clips  # noqa: E402
 from diffusers_hpdm.geometry import area_downsample  # noqa: E402
+from diffusers_hpdm.pipelines.tiling import BLENDINGS  # noqa: E402
 
 
 def main() -> int:
@@ -38,7 +39,7 @@ def main() -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="as `hpdm evaluate --guidance`")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--level-steps", type=int, nargs="+", default=None, help="steps per level (default: halving)")
-    p.add_argument("--blending", choices=("smooth", "uniform"), default="smooth")
+    p.add_argument("--blending", choices=BLENDINGS, default="smooth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the RIN blocks")
     p.add_argument("--threads", type=int, default=None)

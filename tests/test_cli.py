@@ -1,5 +1,6 @@
 """The ``hpdm`` command line: outputs that can be read back, and errors that name the fix."""
 
+import inspect
 import json
 
 import imageio.v3 as iio
@@ -10,7 +11,8 @@ from PIL import Image
 from test_pipeline import PROMPTS, tiny_model
 
 from diffusers_hpdm import HierarchicalPatchPipeline, HPDMScheduler
-from diffusers_hpdm.cli import main
+from diffusers_hpdm.cli import build_parser, main
+from diffusers_hpdm.pipelines.tiling import BLENDINGS
 from diffusers_hpdm.text import build_tiny_text_encoder, build_word_tokenizer
 
 
@@ -96,6 +98,16 @@ def test_bad_arguments_exit_with_a_message_naming_the_fix(model_dir, tmp_path, o
     options = {"--model": str(model_dir), "--out": str(tmp_path / "v.gif"), "--steps": "1", **override}
     with pytest.raises(SystemExit, match=message):
         main(["generate", "a red circle", *[x for kv in options.items() for x in kv]])
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_blending_choices_are_the_pipelines(command):
+    """The CLI spells the blending names without importing torch (``hpdm --help`` stays fast); they must be exactly the
+    pipeline's, and the default the pipeline's default."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    blending = next(a for a in sub._actions if a.dest == "blending")
+    assert sorted(blending.choices) == sorted(BLENDINGS)
+    assert blending.default == inspect.signature(HierarchicalPatchPipeline.__call__).parameters["blending"].default
 
 
 def test_make_dataset_writes_a_loadable_folder(tmp_path, capsys):
